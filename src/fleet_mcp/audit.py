@@ -1,0 +1,241 @@
+"""The append-only, hash-chained audit log: append inside the caller's transaction, verify, query, export."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, SecretBytes, SecretStr
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleet_mcp.db.base import utcnow
+from fleet_mcp.db.models import AuditEntry, AuditHead
+
+GENESIS = "0" * 64
+MASK = "***"
+_SECRET_KEY_PARTS = ("secret", "token", "password", "passphrase", "private_key", "ciphertext", "api_key",
+                     "credential_value", "master_key")
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return any(part in k for part in _SECRET_KEY_PARTS)
+
+
+def mask(value: Any, key: str | None = None) -> Any:
+    """Return a JSON-ready copy with secret values replaced by '***' (by type and by key name)."""
+    if isinstance(value, SecretStr | SecretBytes):
+        return MASK
+    if key is not None and is_secret_key(key) and value not in (None, "", [], {}):
+        return MASK
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="python")
+    if isinstance(value, Mapping):
+        return {str(k): mask(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [mask(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return MASK
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr | SecretBytes):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return _reveal(value.model_dump(mode="python"))
+    if isinstance(value, Mapping):
+        return {str(k): _reveal(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reveal(v) for v in value]
+    return value
+
+
+def arguments_digest(arguments: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of the exact arguments (secrets included, so a changed secret
+    changes the digest; the digest itself reveals nothing about a 256-bit-entropy secret, and only
+    a digest of the whole argument set is stored)."""
+    return hashlib.sha256(canonical_json(_reveal(arguments)).encode()).hexdigest()
+
+
+def _row_hash(entry: AuditEntry) -> str:
+    body = {
+        "seq": entry.seq,
+        "at": entry.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
+        "principal": entry.principal,
+        "account": entry.account,
+        "tool": entry.tool,
+        "args_digest": entry.args_digest,
+        "arguments": entry.arguments,
+        "decision": entry.decision,
+        "outcome": entry.outcome,
+        "detail": entry.detail,
+        "approval_id": entry.approval_id,
+        "duration_ms": round(float(entry.duration_ms), 3),
+        "prev_hash": entry.prev_hash,
+    }
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+async def ensure_head(session: AsyncSession) -> None:
+    """Create the head row if missing; safe when many sessions race to do it."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    await session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
+
+
+async def append(
+    session: AsyncSession,
+    *,
+    principal: str,
+    account: str,
+    tool: str,
+    arguments: Mapping[str, Any],
+    decision: str,
+    outcome: str,
+    detail: Mapping[str, Any] | None = None,
+    approval_id: str | None = None,
+    duration_ms: float = 0.0,
+) -> AuditEntry:
+    """Append one row in the caller's transaction; the head row lock serializes appenders everywhere."""
+    head = (
+        await session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update())
+    ).scalar_one_or_none()
+    if head is None:
+        await ensure_head(session)
+        head = (await session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update())).scalar_one()
+    # Microsecond precision survives both backends, so the hash recomputes identically on read.
+    at = utcnow()
+    entry = AuditEntry(
+        seq=head.seq + 1,
+        at=at,
+        principal=principal,
+        account=account,
+        tool=tool,
+        args_digest=arguments_digest(arguments),
+        arguments=mask(dict(arguments)),
+        decision=decision,
+        outcome=outcome,
+        detail=mask(dict(detail)) if detail else None,
+        approval_id=approval_id,
+        duration_ms=round(float(duration_ms), 3),
+        prev_hash=head.hash,
+    )
+    entry.hash = _row_hash(entry)
+    session.add(entry)
+    await session.execute(
+        update(AuditHead).where(AuditHead.id == 1).values(seq=entry.seq, hash=entry.hash)
+    )
+    await session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries_checked: int
+    first_bad_seq: int | None
+    problem: str | None = None
+
+
+async def verify(session: AsyncSession, *, page: int = 5000) -> VerifyResult:
+    """Walk the chain in seq order; report the first row whose seq, link or hash is wrong."""
+    expected_seq = 1
+    prev = GENESIS
+    checked = 0
+    last_seq = 0
+    while True:
+        rows = (
+            await session.execute(
+                select(AuditEntry).where(AuditEntry.seq >= expected_seq).order_by(AuditEntry.seq).limit(page)
+            )
+        ).scalars().all()
+        if not rows:
+            break
+        for row in rows:
+            if row.seq != expected_seq:
+                return VerifyResult(False, checked, expected_seq, f"seq {expected_seq} is missing")
+            if row.prev_hash != prev:
+                return VerifyResult(False, checked, row.seq, "link to the previous row is broken")
+            if _row_hash(row) != row.hash:
+                return VerifyResult(False, checked, row.seq, "row content does not match its hash")
+            prev = row.hash
+            last_seq = row.seq
+            expected_seq += 1
+            checked += 1
+        session.expunge_all()
+    head = await session.get(AuditHead, 1)
+    if head is not None and (head.seq != last_seq or head.hash != prev):
+        return VerifyResult(False, checked, last_seq + 1, "rows after the last present seq were removed")
+    return VerifyResult(True, checked, None)
+
+
+async def query(
+    session: AsyncSession,
+    *,
+    tool: str | None = None,
+    principal: str | None = None,
+    account: str | None = None,
+    since: dt.datetime | None = None,
+    approval_id: str | None = None,
+    limit: int = 100,
+) -> list[AuditEntry]:
+    stmt = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)
+    if tool:
+        stmt = stmt.where(AuditEntry.tool == tool)
+    if principal:
+        stmt = stmt.where(AuditEntry.principal == principal)
+    if account:
+        stmt = stmt.where(AuditEntry.account == account)
+    if since:
+        stmt = stmt.where(AuditEntry.at >= since)
+    if approval_id:
+        stmt = stmt.where(AuditEntry.approval_id == approval_id)
+    return list((await session.execute(stmt)).scalars().all())
+
+
+def entry_dict(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "at": e.at.isoformat(),
+        "principal": e.principal,
+        "account": e.account,
+        "tool": e.tool,
+        "args_digest": e.args_digest,
+        "arguments": e.arguments,
+        "decision": e.decision,
+        "outcome": e.outcome,
+        "detail": e.detail,
+        "approval_id": e.approval_id,
+        "duration_ms": e.duration_ms,
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    }
+
+
+async def export(session: AsyncSession, *, page: int = 5000) -> AsyncIterator[dict[str, Any]]:
+    after = 0
+    while True:
+        rows = (
+            await session.execute(select(AuditEntry).where(AuditEntry.seq > after).order_by(AuditEntry.seq).limit(page))
+        ).scalars().all()
+        if not rows:
+            return
+        for row in rows:
+            yield entry_dict(row)
+        after = rows[-1].seq
+        session.expunge_all()

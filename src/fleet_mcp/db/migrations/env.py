@@ -1,0 +1,52 @@
+"""Alembic environment: runs migrations over the async engine (SQLite in batch mode)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from fleet_mcp.db.all_models import metadata
+from fleet_mcp.db.engine import create_engine
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async() -> None:
+    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(_run)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_run_async())
+        return
+    raise RuntimeError("run migrations from a worker thread, not inside the event loop")
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported; run `fleet-mcp db upgrade`")
+run_migrations_online()

@@ -1,0 +1,80 @@
+"""The domain error tree: every failure a tool can report, each carrying its subject.
+
+    FleetError                 base: message (what was wrong), hint (what to do), subject
+    ├── InvalidArgument        the caller's input is wrong (schema, limits, hostile values)
+    ├── NotFound               the named thing does not exist
+    ├── Conflict               the thing exists but is in the wrong state
+    │   ├── StaleConflict      a proposal's base no longer matches live state
+    │   └── Busy               another operation holds the resource (sync, rotation)
+    ├── PermissionDenied       the principal lacks the tool's permission or role
+    ├── Unauthenticated        no principal could be established (bad or revoked token)
+    ├── RateLimited            too many attempts; retry later
+    └── ExternalError          git, Vault/OpenBao or TLS peer failed or timed out
+
+Services raise these; the gate turns them into error results the model can act on. Any other
+exception is a bug: the gate logs it and returns a reference id, never its text.
+Messages never contain secrets: build them from names and ids, not values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FleetError(Exception):
+    """Base of every domain error; `code` is stable and machine-readable."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None, **subject: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.subject = subject
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        if self.subject:
+            out["subject"] = self.subject
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class InvalidArgument(FleetError):
+    code = "invalid_argument"
+
+
+class NotFound(FleetError):
+    code = "not_found"
+
+
+class Conflict(FleetError):
+    code = "conflict"
+
+
+class StaleConflict(Conflict):
+    code = "stale"
+
+
+class Busy(Conflict):
+    code = "busy"
+
+
+class PermissionDenied(FleetError):
+    code = "permission_denied"
+
+
+class Unauthenticated(FleetError):
+    code = "unauthenticated"
+
+
+class RateLimited(FleetError):
+    code = "rate_limited"
+
+
+class ExternalError(FleetError):
+    code = "external_error"

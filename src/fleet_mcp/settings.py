@@ -1,0 +1,97 @@
+"""The one Settings object (env prefix FLEET_MCP_), built once by the CLI and passed down."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_POLICY = PACKAGE_DIR / "policies" / "default.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_MCP_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("fleet-mcp")),
+        description="Where the SQLite file, master key and git caches live.",
+    )
+    database_url: str | None = Field(
+        default=None, description="sqlite+aiosqlite:///… or postgresql+asyncpg://…; default SQLite in the data dir."
+    )
+    policy: Path = Field(default=DEFAULT_POLICY, description="Intervention policy file.")
+    allow_local_repos: bool = Field(default=False, description="Allow file:// and local-path git repositories.")
+
+    # Who a stdio session acts as.
+    account: str = Field(default="default", description="Account of the stdio principal.")
+    principal: str = Field(default="local", description="Name of the stdio principal.")
+    roles: str = Field(default="admin", description="Comma-separated roles of the stdio principal.")
+
+    # HTTP transport.
+    host: str = "127.0.0.1"
+    port: int = 8765
+    allowed_hosts: str = Field(default="", description="Extra Host header values accepted over HTTP (comma list).")
+    allowed_origins: str = Field(default="", description="Origin header values accepted over HTTP (comma list).")
+    public_url: str | None = Field(default=None, description="External URL of the HTTP server (auth metadata).")
+
+    # Transit (pepper) backend.
+    transit: Literal["local", "vault"] = "local"
+    master_key_file: Path | None = Field(default=None, description="Local transit master key; default data_dir/master.key")
+    master_key: SecretStr | None = None
+    vault_addr: str | None = Field(default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_ADDR", "VAULT_ADDR"))
+    vault_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_TOKEN", "VAULT_TOKEN")
+    )
+    vault_role_id: str | None = None
+    vault_secret_id: SecretStr | None = None
+    vault_cacert: Path | None = Field(
+        default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_CACERT", "VAULT_CACERT")
+    )
+    vault_skip_verify: bool = False
+    vault_namespace: str | None = None
+    transit_mount: str = "transit"
+    pepper_key: str = "fleet-pepper"
+    rotation_batch_size: int = Field(default=250, ge=1, le=10_000)
+
+    # GitOps.
+    git_timeout: float = Field(default=60.0, gt=0)
+    max_proposals_per_sync: int = Field(default=25, ge=1)
+    drift_interval: float = Field(default=60.0, gt=0)
+    auto_sync_interval: float | None = Field(default=None, description="Seconds between auto-syncs; off when unset.")
+
+    # Federation.
+    federation_token_ttl: int = Field(default=86_400, ge=60, le=7 * 86_400)
+    node_cert_hours: int = Field(default=24, ge=1, le=24 * 30)
+    cross_cert_days: int = Field(default=7, ge=1, le=90)
+
+    # Approvals.
+    approval_ttl: int = Field(default=86_400, ge=60)
+
+    scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
+    log_level: str = "INFO"
+
+    @field_validator("data_dir", "policy", "master_key_file", "vault_cacert", mode="after")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'fleet.db'}"
+
+    @property
+    def effective_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+    @property
+    def git_cache_dir(self) -> Path:
+        return self.data_dir / "git-cache"
+
+    @property
+    def role_list(self) -> list[str]:
+        return [r.strip() for r in self.roles.split(",") if r.strip()]
