@@ -1,0 +1,89 @@
+"""The running application: settings, database, transit backend, policy, and the stdio caller."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from fleet_mcp import audit, principals
+from fleet_mcp.db import migrate
+from fleet_mcp.db.engine import create_engine, is_sqlite, make_sessionmaker
+from fleet_mcp.principals import Caller
+from fleet_mcp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    """Built once per process from Settings; owns the engine and long-lived backends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine | None = None
+        self.sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self.transit: Any = None
+        self.policy: Any = None
+        self.stdio_caller: Caller | None = None
+        self.stateless_http = False
+        self._started = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    async def start(self, *, migrate_db: bool = True) -> App:
+        if self._started:
+            return self
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        url = s.effective_database_url
+        if migrate_db:
+            await anyio.to_thread.run_sync(migrate.upgrade, url)
+        self.engine = create_engine(url)
+        self.sessionmaker = make_sessionmaker(self.engine)
+        if is_sqlite(url):
+            db_file = Path(url.split("///", 1)[1])
+            if db_file.exists():
+                os.chmod(db_file, 0o600)
+        self.policy = self._load_policy()
+        self.transit = await self._build_transit()
+        async with self.sessionmaker() as session, session.begin():
+            await audit.ensure_head(session)
+            acct = await principals.ensure_account(session, s.account)
+            await principals.ensure_principal(session, acct, s.principal, s.role_list)
+            self.stdio_caller = Caller(
+                name=s.principal, account_id=acct.id, account_name=acct.name, roles=tuple(s.role_list), via="stdio"
+            )
+        self._started = True
+        return self
+
+    def _load_policy(self) -> Any:
+        from fleet_mcp.policy.watcher import PolicyHolder
+        from fleet_mcp.registry import catalog
+
+        return PolicyHolder(self.settings.policy, catalog())
+
+    async def _build_transit(self) -> Any:
+        try:
+            from fleet_mcp.vault.transit import build_transit
+        except ImportError:  # TODO(lead): strict once the vault package lands
+            return None
+        assert self.sessionmaker is not None
+        backend = build_transit(self.settings, self.sessionmaker)
+        if hasattr(backend, "ensure_key"):
+            await backend.ensure_key()
+        return backend
+
+    async def close(self) -> None:
+        if self.transit is not None and hasattr(self.transit, "close"):
+            res = self.transit.close()
+            if hasattr(res, "__await__"):
+                await res
+        if self.engine is not None:
+            await self.engine.dispose()
+        self._started = False

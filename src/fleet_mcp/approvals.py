@@ -1,0 +1,225 @@
+"""The approval queue: requests bound to tool + requester + argument digest, decided by other principals,
+executed exactly once on the requester's behalf."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleet_mcp import audit
+from fleet_mcp.db.base import utcnow
+from fleet_mcp.db.models import ApprovalRequest
+from fleet_mcp.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from fleet_mcp.principals import Caller
+
+if TYPE_CHECKING:
+    from fleet_mcp.app import App
+    from fleet_mcp.gate import Gate
+
+TERMINAL = ("executed", "failed", "rejected", "expired", "cancelled")
+
+
+def _spec_value(spec: Any, name: str, default: Any) -> Any:
+    v = getattr(spec, name, None) if spec is not None else None
+    return default if v is None else v
+
+
+async def _seal(session: AsyncSession, app: App, account_id: int, approval_id: str, args: BaseModel) -> str:
+    """Keep the exact arguments (secrets included) encrypted under the pepper, as a rotatable credential."""
+    plaintext = json.dumps(audit._reveal(args.model_dump(mode="python")), default=str).encode()
+    from fleet_mcp.vault import credentials as vault_credentials
+
+    cred_id = await vault_credentials.seal(
+        session, app.transit, account_id, f"approval:{approval_id}", "approval_arguments", plaintext
+    )
+    return f"credential:{cred_id}"
+
+
+async def _unseal(session: AsyncSession, app: App, sealed: str) -> dict[str, Any]:
+    from fleet_mcp.vault import credentials as vault_credentials
+
+    cred_id = int(sealed.split(":", 1)[1])
+    return json.loads(await vault_credentials.unseal(session, app.transit, cred_id))
+
+
+async def _discard_sealed(session: AsyncSession, sealed: str) -> None:
+    from fleet_mcp.vault import credentials as vault_credentials
+
+    await vault_credentials.discard(session, int(sealed.split(":", 1)[1]))
+
+
+async def create_request(
+    session: AsyncSession, app: App, *, tool: str, caller: Caller, arguments: BaseModel, rule: str, spec: Any,
+    summary: str,
+) -> ApprovalRequest:
+    approval_id = "apr_" + secrets.token_hex(8)
+    ttl = min(int(_spec_value(spec, "expires_in_seconds", app.settings.approval_ttl)), 7 * 86400)
+    raw = arguments.model_dump(mode="python")
+    req = ApprovalRequest(
+        id=approval_id,
+        account_id=caller.account_id,
+        tool=tool,
+        arguments_masked=audit.mask(raw),
+        arguments_sealed="",
+        args_digest=audit.arguments_digest(raw),
+        requested_by=caller.qualified,
+        requester_roles=list(caller.roles),
+        rule=rule,
+        approvers=list(_spec_value(spec, "approvers", ["approver", "admin"])),
+        min_approvals=int(_spec_value(spec, "min_approvals", 1)),
+        separation_of_duties=bool(_spec_value(spec, "separation_of_duties", False)),
+        summary=summary or None,
+        expires_at=utcnow() + dt.timedelta(seconds=ttl),
+    )
+    session.add(req)
+    await session.flush()
+    req.arguments_sealed = await _seal(session, app, caller.account_id, approval_id, arguments)
+    await session.flush()
+    return req
+
+
+async def get(session: AsyncSession, approval_id: str, account_id: int, *, lock: bool = False) -> ApprovalRequest:
+    stmt = select(ApprovalRequest).where(ApprovalRequest.id == approval_id, ApprovalRequest.account_id == account_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    req = (await session.execute(stmt)).scalar_one_or_none()
+    if req is None:
+        raise NotFound(f"approval request {approval_id!r} does not exist in this account",
+                       hint="list them with system_approvals_list", approval_id=approval_id)
+    return req
+
+
+async def list_requests(session: AsyncSession, account_id: int, status: str | None = None,
+                        limit: int = 100) -> list[ApprovalRequest]:
+    stmt = (select(ApprovalRequest).where(ApprovalRequest.account_id == account_id)
+            .order_by(ApprovalRequest.created_at.desc()).limit(limit))
+    if status:
+        stmt = stmt.where(ApprovalRequest.status == status)
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def sweep_expired(session: AsyncSession, now: dt.datetime | None = None) -> int:
+    now = now or utcnow()
+    expired = (await session.execute(
+        select(ApprovalRequest).where(ApprovalRequest.status == "pending", ApprovalRequest.expires_at <= now)
+        .with_for_update()
+    )).scalars().all()
+    for req in expired:
+        req.status = "expired"
+        if req.arguments_sealed:
+            await _discard_sealed(session, req.arguments_sealed)
+            req.arguments_sealed = ""
+        await audit.append(session, principal="system/scheduler", account="-", tool="approval.expire",
+                           arguments={"approval_id": req.id}, decision="expire", outcome="expired",
+                           approval_id=req.id)
+    await session.flush()
+    return len(expired)
+
+
+def requester_caller(req: ApprovalRequest, account_name: str) -> Caller:
+    name = req.requested_by.split("/", 1)[1] if "/" in req.requested_by else req.requested_by
+    return Caller(name=name, account_id=req.account_id, account_name=account_name,
+                  roles=tuple(req.requester_roles), via="approval")
+
+
+async def decide(
+    session: AsyncSession, gate: Gate, *, approval_id: str, decider: Caller, decision: str, reason: str,
+) -> tuple[ApprovalRequest, dict[str, Any] | None]:
+    """Record one decision; when the required approvals are in, execute once and store the result."""
+    if decision not in ("approve", "reject"):
+        raise InvalidArgument("decision must be 'approve' or 'reject'")
+    req = await get(session, approval_id, decider.account_id, lock=True)
+    if req.status != "pending":
+        raise Conflict(f"approval request {approval_id} is {req.status}; only pending requests can be decided",
+                       approval_id=approval_id, status=req.status)
+    if req.expires_at <= utcnow():
+        await sweep_expired(session)
+        raise Conflict(f"approval request {approval_id} expired at {req.expires_at.isoformat()}",
+                       hint="ask the requester to call the tool again", approval_id=approval_id)
+    if not set(decider.roles) & set(req.approvers):
+        raise PermissionDenied(
+            f"{decider.qualified} cannot decide {approval_id}: approvers need one of the roles "
+            f"{', '.join(req.approvers)}", approval_id=approval_id)
+    if req.separation_of_duties and decider.qualified == req.requested_by:
+        raise PermissionDenied(
+            f"separation of duties: {decider.qualified} requested {approval_id} and cannot approve it",
+            hint="another principal with an approver role must decide", approval_id=approval_id)
+    if any(d["by"] == decider.qualified for d in req.decisions):
+        raise Conflict(f"{decider.qualified} already decided {approval_id}", approval_id=approval_id)
+    entry = {"by": decider.qualified, "decision": decision, "reason": reason, "at": utcnow().isoformat()}
+    req.decisions = [*req.decisions, entry]
+    await audit.append(session, principal=decider.qualified, account=decider.account_name,
+                       tool="approval.decide", arguments={"approval_id": approval_id, "decision": decision,
+                                                          "reason": reason},
+                       decision=decision, outcome="recorded", approval_id=approval_id)
+    if decision == "reject":
+        req.status = "rejected"
+        req.decided_by = decider.qualified
+        req.reason = reason
+        await _discard_sealed(session, req.arguments_sealed)
+        req.arguments_sealed = ""
+        await session.flush()
+        return req, None
+    approvals_in = sum(1 for d in req.decisions if d["decision"] == "approve")
+    if approvals_in < req.min_approvals:
+        await session.flush()
+        return req, None
+    # Claim: only one decider ever moves a request from pending to executing.
+    claimed = await session.execute(
+        update(ApprovalRequest).where(ApprovalRequest.id == req.id, ApprovalRequest.status == "pending")
+        .values(status="executing", decided_by=decider.qualified, reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        raise Conflict(f"approval request {approval_id} was decided concurrently", approval_id=approval_id)
+    raw = await _unseal(session, gate.app, req.arguments_sealed)
+    outcome = await gate.execute_approved(session, req, requester_caller(req, decider.account_name), raw)
+    await session.refresh(req)
+    req.status = "executed" if outcome.ok else "failed"
+    req.executed_at = utcnow()
+    req.result = audit.mask(outcome.data) if outcome.ok else {"error": outcome.message, **audit.mask(outcome.data)}
+    await _discard_sealed(session, req.arguments_sealed)
+    req.arguments_sealed = ""
+    await session.flush()
+    return req, outcome.data
+
+
+async def cancel(session: AsyncSession, *, approval_id: str, caller: Caller) -> ApprovalRequest:
+    req = await get(session, approval_id, caller.account_id, lock=True)
+    if req.requested_by != caller.qualified:
+        raise PermissionDenied("only the requester can cancel an approval request", approval_id=approval_id)
+    if req.status != "pending":
+        raise Conflict(f"approval request {approval_id} is {req.status}", approval_id=approval_id)
+    req.status = "cancelled"
+    await _discard_sealed(session, req.arguments_sealed)
+    req.arguments_sealed = ""
+    await session.flush()
+    return req
+
+
+def to_dict(req: ApprovalRequest) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "tool": req.tool,
+        "arguments": req.arguments_masked,
+        "requested_by": req.requested_by,
+        "status": req.status,
+        "rule": req.rule,
+        "approvers": req.approvers,
+        "min_approvals": req.min_approvals,
+        "separation_of_duties": req.separation_of_duties,
+        "decisions": req.decisions,
+        "decided_by": req.decided_by,
+        "reason": req.reason,
+        "summary": req.summary,
+        "created_at": req.created_at.isoformat() if req.created_at else None,
+        "expires_at": req.expires_at.isoformat(),
+        "executed_at": req.executed_at.isoformat() if req.executed_at else None,
+        "result": req.result,
+    }

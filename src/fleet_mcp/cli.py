@@ -1,0 +1,380 @@
+"""The `fleet-mcp` command line: serve, demo, db, accounts and tokens, policy, approvals, audit, tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fleet_mcp import __version__
+from fleet_mcp.settings import Settings
+
+log = logging.getLogger("fleet_mcp")
+
+
+def _configure_logging(settings: Settings, stderr_only: bool = True) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:
+    return asyncio.run(coro_fn()) or 0  # type: ignore[arg-type]
+
+
+async def _with_app(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int:
+    from fleet_mcp.app import App
+
+    app = App(settings)
+    await app.start()
+    try:
+        return await fn(app) or 0
+    finally:
+        await app.close()
+
+
+async def _call_tool(app: Any, name: str, arguments: dict[str, Any], progress: Any = None) -> Any:
+    """Call a tool in-process through the same gate as MCP, as the configured local principal."""
+    from fleet_mcp.gate import Gate
+    from fleet_mcp.registry import load_tools
+
+    spec = load_tools()[name]
+    assert app.stdio_caller is not None
+    return await Gate(app).call(spec, app.stdio_caller, arguments, progress=progress)
+
+
+def _print_outcome(outcome: Any) -> int:
+    if outcome.ok:
+        print(json.dumps(outcome.data, indent=2, default=str))
+        return 0
+    print(outcome.message, file=sys.stderr)
+    if outcome.data:
+        print(json.dumps(outcome.data, indent=2, default=str), file=sys.stderr)
+    return 1
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.app import App
+    from fleet_mcp.registry import TOOLSETS
+
+    toolsets = {t.strip() for t in ns.toolsets.split(",") if t.strip()} if ns.toolsets else None
+    if toolsets and (unknown := toolsets - set(TOOLSETS)):
+        print(f"unknown toolsets: {', '.join(sorted(unknown))}; known: {', '.join(TOOLSETS)}", file=sys.stderr)
+        return 2
+    app = App(settings)
+
+    async def main() -> None:
+        from fleet_mcp.scheduler import run_scheduler
+
+        await app.start()
+        try:
+            if ns.transport == "http":
+                from fleet_mcp.http import serve_http
+
+                async with run_scheduler(app, enabled=settings.scheduler):
+                    await serve_http(app, host=ns.host or settings.host, port=ns.port or settings.port,
+                                     read_only=ns.read_only, toolsets=toolsets, stateless=ns.stateless)
+            else:
+                from fleet_mcp.server import build_server
+
+                server, _ = build_server(app, read_only=ns.read_only, toolsets=toolsets)
+                async with run_scheduler(app, enabled=settings.scheduler):
+                    await server.run_stdio_async()
+        finally:
+            await app.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_db_upgrade(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.db import migrate
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    migrate.upgrade(settings.effective_database_url)
+    print(f"database at head: {migrate.current_heads()[0]}")
+    return 0
+
+
+def cmd_account_create(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import principals
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session, session.begin():
+            acct = await principals.create_account(session, ns.name, ns.federation_domain)
+        print(f"account {acct.name} created (federation domain {acct.federation_domain})")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_token_create(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import principals
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session, session.begin():
+            await principals.ensure_account(session, ns.account)
+            token = await principals.create_token(session, account=ns.account, label=ns.name, roles=ns.role,
+                                                  principal=ns.principal)
+        print(f"token {ns.name} for {ns.account}/{ns.principal or ns.name} with roles {', '.join(ns.role)}; "
+              "it is shown once, store it now:", file=sys.stderr)
+        print(token)
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_token_list(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import principals
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session:
+            tokens = await principals.list_tokens(session)
+        for t in tokens:
+            state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
+            print(f"{t.label}\t{t.prefix}…\t{t.account}/{t.principal}\t{','.join(t.roles)}\t{state}")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_token_revoke(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import principals
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session, session.begin():
+            await principals.revoke_token(session, ns.label)
+        print(f"token {ns.label} revoked")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_policy_check(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.policy.loader import load_policy
+    from fleet_mcp.registry import catalog
+
+    path = Path(ns.file) if ns.file else settings.policy
+    try:
+        policy = load_policy(path, catalog())
+    except Exception as exc:  # PolicyError carries file and line
+        print(f"policy invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(policy.rules)} rules, default {policy.default})")
+    return 0
+
+
+def cmd_policy_explain(settings: Settings, ns: argparse.Namespace) -> int:
+    try:
+        args = json.loads(ns.args) if ns.args else {}
+    except json.JSONDecodeError as exc:
+        print(f"--args is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+
+    async def go(app: Any) -> int:
+        return _print_outcome(await _call_tool(app, "system_policy_explain", {"tool": ns.tool, "arguments": args}))
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_approvals(settings: Settings, ns: argparse.Namespace) -> int:
+    async def go(app: Any) -> int:
+        if ns.action == "list":
+            outcome = await _call_tool(app, "system_approvals_list", {"status": ns.status} if ns.status else {})
+            if outcome.ok:
+                for a in outcome.data["approvals"]:
+                    print(f"{a['id']}\t{a['status']}\t{a['tool']}\t{a['requested_by']}\texpires {a['expires_at']}")
+                return 0
+            return _print_outcome(outcome)
+        if ns.action == "show":
+            return _print_outcome(await _call_tool(app, "system_approvals_get", {"approval_id": ns.id}))
+        decision = "approve" if ns.action == "approve" else "reject"
+        reason = ns.reason or f"{decision}d from the command line"
+        return _print_outcome(await _call_tool(app, "system_approvals_decide",
+                                               {"approval_id": ns.id, "decision": decision, "reason": reason}))
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_audit_verify(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import audit
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session:
+            r = await audit.verify(session)
+        if r.ok:
+            print(f"audit chain ok: {r.entries_checked} entries")
+            return 0
+        print(f"audit chain BROKEN at seq {r.first_bad_seq}: {r.problem} ({r.entries_checked} entries verified "
+              "before it)", file=sys.stderr)
+        return 1
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_audit_export(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import audit
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session:
+            async for row in audit.export(session):
+                sys.stdout.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_rotate_pepper(settings: Settings, ns: argparse.Namespace) -> int:
+    async def go(app: Any) -> int:
+        async def bar(done: float, total: float | None, message: str | None) -> None:
+            if not ns.progress:
+                return
+            width = 40
+            frac = (done / total) if total else 0.0
+            filled = int(width * frac)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {int(done)}/{int(total or 0)} "
+                             f"{message or ''}"[:120])
+            sys.stderr.flush()
+
+        args: dict[str, Any] = {"wait": True, "reencrypt_existing": not ns.no_reencrypt}
+        if ns.batch_size:
+            args["batch_size"] = ns.batch_size
+        outcome = await _call_tool(app, "system_rotate_vault_transit_pepper", args, progress=bar)
+        if ns.progress:
+            sys.stderr.write("\n")
+        return _print_outcome(outcome)
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_tools_export(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.contracts import check_contracts, write_contracts
+
+    out = Path(ns.dir)
+    if ns.check:
+        problems = check_contracts(out)
+        if problems:
+            for p in problems:
+                print(p, file=sys.stderr)
+            print(f"{len(problems)} contract(s) stale; run `fleet-mcp tools export`", file=sys.stderr)
+            return 1
+        print(f"{out}: contracts up to date")
+        return 0
+    n = write_contracts(out)
+    print(f"wrote {n} tool contracts to {out}")
+    return 0
+
+
+def cmd_demo(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.demo import run_demo
+
+    return asyncio.run(run_demo(keep=ns.keep))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleet-mcp", description="MCP server for fleet operations that must never "
+                                "happen by accident (GitOps, SD-WAN federation, Vault pepper rotation).")
+    p.add_argument("--version", action="version", version=f"fleet-mcp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve MCP over stdio (default) or streamable HTTP")
+    s.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    s.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="HTTP port (default 8765)")
+    s.add_argument("--read-only", action="store_true", help="serve only read-only tools")
+    s.add_argument("--toolsets", default=None, help="comma list: fleet,gitops,federation,vault,approvals,audit")
+    s.add_argument("--stateless", action="store_true", help="stateless HTTP (no elicitation; approvals queue)")
+    s.set_defaults(fn=cmd_serve)
+
+    d = sub.add_parser("demo", help="run the main job end to end on embedded defaults in a temp data dir")
+    d.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    d.set_defaults(fn=cmd_demo)
+
+    db = sub.add_parser("db", help="database").add_subparsers(dest="db_cmd", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(fn=cmd_db_upgrade)
+
+    acc = sub.add_parser("account", help="accounts").add_subparsers(dest="acc_cmd", required=True)
+    ac = acc.add_parser("create", help="create an account")
+    ac.add_argument("name")
+    ac.add_argument("--federation-domain", default=None)
+    ac.set_defaults(fn=cmd_account_create)
+
+    tok = sub.add_parser("token", help="HTTP bearer tokens").add_subparsers(dest="tok_cmd", required=True)
+    tc = tok.add_parser("create", help="create a token (printed once, last line of stdout)")
+    tc.add_argument("--account", required=True)
+    tc.add_argument("--name", required=True, help="token label")
+    tc.add_argument("--role", action="append", required=True, help="role (repeatable)")
+    tc.add_argument("--principal", default=None, help="principal name (default: the label)")
+    tc.set_defaults(fn=cmd_token_create)
+    tok.add_parser("list", help="list tokens (never the token)").set_defaults(fn=cmd_token_list)
+    tr = tok.add_parser("revoke", help="revoke a token")
+    tr.add_argument("label")
+    tr.set_defaults(fn=cmd_token_revoke)
+
+    pol = sub.add_parser("policy", help="intervention policy").add_subparsers(dest="pol_cmd", required=True)
+    pc = pol.add_parser("check", help="validate a policy file")
+    pc.add_argument("file", nargs="?")
+    pc.set_defaults(fn=cmd_policy_check)
+    pe = pol.add_parser("explain", help="which rule decides a call")
+    pe.add_argument("tool")
+    pe.add_argument("--args", default="{}", help="arguments as JSON")
+    pe.set_defaults(fn=cmd_policy_explain)
+
+    ap = sub.add_parser("approvals", help="the approval queue")
+    ap_sub = ap.add_subparsers(dest="action", required=True)
+    al = ap_sub.add_parser("list")
+    al.add_argument("--status", default=None)
+    for action in ("show", "approve", "reject"):
+        a = ap_sub.add_parser(action)
+        a.add_argument("id")
+        if action != "show":
+            a.add_argument("--reason", default=None)
+    ap.set_defaults(fn=cmd_approvals, status=None)
+
+    au = sub.add_parser("audit", help="audit log").add_subparsers(dest="au_cmd", required=True)
+    au.add_parser("verify", help="verify the hash chain").set_defaults(fn=cmd_audit_verify)
+    ae = au.add_parser("export", help="export as JSON lines")
+    ae.add_argument("--jsonl", action="store_true", default=True)
+    ae.set_defaults(fn=cmd_audit_export)
+
+    rp = sub.add_parser("rotate-pepper", help="rotate the transit pepper and rewrap every secret (through the gate)")
+    rp.add_argument("--progress", action="store_true", help="show a progress bar")
+    rp.add_argument("--batch-size", type=int, default=None)
+    rp.add_argument("--no-reencrypt", action="store_true", help="only rotate the key")
+    rp.set_defaults(fn=cmd_rotate_pepper)
+
+    tl = sub.add_parser("tools", help="tool contracts").add_subparsers(dest="tl_cmd", required=True)
+    te = tl.add_parser("export", help="write tools/*.json")
+    te.add_argument("--check", action="store_true", help="exit non-zero when tools/ is stale")
+    te.add_argument("--dir", default="tools")
+    te.set_defaults(fn=cmd_tools_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except Exception as exc:  # noqa: BLE001 - settings errors are the user's to fix
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    from fleet_mcp.errors import FleetError
+
+    try:
+        return int(ns.fn(settings, ns) or 0)
+    except FleetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

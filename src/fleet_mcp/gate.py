@@ -1,0 +1,302 @@
+"""The one gate every tool call passes: caller → arguments → permission → policy → approval → one unit
+of work with its audit row → shaped result. No tool checks policy itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from fleet_mcp import audit
+from fleet_mcp.context import ProgressFn, ToolContext
+from fleet_mcp.errors import FleetError, PermissionDenied
+from fleet_mcp.principals import Caller
+from fleet_mcp.registry import ToolSpec
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from fleet_mcp.app import App
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate will do with a call before anything runs."""
+
+    action: str  # "allow" | "deny" | "elicit" | "queue"
+    rule: str
+    reason: str
+    decision: str  # the policy's word: auto_approve | require_approval | deny | permission
+    approval: Any = None
+    permission: str | None = None
+
+
+@dataclass
+class CallOutcome:
+    ok: bool
+    data: dict[str, Any]
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        if self.ok:
+            return json.dumps(self.data, default=str)
+        return self.message
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Gate:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    # -- decisions -------------------------------------------------------------------------------
+    def permissions(self, caller: Caller) -> frozenset[str]:
+        from fleet_mcp.policy.roles import permissions_for
+
+        policy = self.app.policy.current
+        return permissions_for(caller.roles, getattr(policy, "roles", None) or {})
+
+    def has_permission(self, caller: Caller, permission: str) -> bool:
+        from fleet_mcp.policy.roles import has_permission
+
+        return has_permission(self.permissions(caller), permission)
+
+    def evaluate(self, spec: ToolSpec, caller: Caller, args: BaseModel, *, can_elicit: bool) -> Verdict:
+        """Permission first, then the policy; never allows by fallback."""
+        if not self.has_permission(caller, spec.permission):
+            return Verdict("deny", "permission", f"principal lacks permission {spec.permission}", "permission",
+                           permission=spec.permission)
+        policy = self.app.policy.current
+        try:
+            d = policy.decide(spec.name, args.model_dump(mode="json"))
+        except Exception:  # a broken policy must fail closed
+            log.exception("policy evaluation failed for %s", spec.name)
+            return Verdict("deny", "policy-error", "the policy could not be evaluated", "deny")
+        if d.decision == "auto_approve":
+            return Verdict("allow", d.rule, d.reason, d.decision)
+        if d.decision != "require_approval":
+            return Verdict("deny", d.rule, d.reason, d.decision)
+        from fleet_mcp.policy.model import ApprovalSpec
+
+        spec_a = d.approval or ApprovalSpec()
+        if spec_a.allows_elicitation and can_elicit and not self.app.stateless_http:
+            return Verdict("elicit", d.rule, d.reason, d.decision, approval=spec_a)
+        if spec_a.allows_queue:
+            return Verdict("queue", d.rule, d.reason, d.decision, approval=spec_a)
+        return Verdict("deny", d.rule, "approval by elicitation is required but this client cannot be asked",
+                       d.decision, approval=spec_a)
+
+    def parse(self, spec: ToolSpec, raw: dict[str, Any]) -> BaseModel:
+        return spec.input_model.model_validate(raw)
+
+    async def summary(self, spec: ToolSpec, caller: Caller, args: BaseModel) -> str:
+        if spec.summary is None:
+            return ""
+        assert self.app.sessionmaker is not None
+        try:
+            async with self.app.sessionmaker() as session:
+                ctx = ToolContext(self.app, session, caller, call_id="summary")
+                return await spec.summary(ctx, args)
+        except FleetError as exc:
+            return f"(effect unknown: {exc.message})"
+        except Exception:
+            log.exception("summary of %s failed", spec.name)
+            return "(effect could not be summarised)"
+
+    def elicitation_message(self, spec: ToolSpec, args: BaseModel, verdict: Verdict, summary: str) -> str:
+        masked = audit.mask(args.model_dump(mode="python"))
+        lines = [
+            f"Approve {spec.name} ({spec.title})?",
+            f"Policy rule: {verdict.rule}.",
+            f"Arguments: {json.dumps(masked, sort_keys=True, default=str)}",
+            f"Arguments digest: {audit.arguments_digest(args.model_dump(mode='python'))[:16]}",
+        ]
+        if summary:
+            lines.append(f"Effect: {summary}")
+        return "\n".join(lines)
+
+    # -- the call --------------------------------------------------------------------------------
+    async def call(self, spec: ToolSpec, caller: Caller, raw_args: dict[str, Any], **kw: Any) -> CallOutcome:
+        """Run one call through the gate; nothing unexpected ever escapes as a traceback."""
+        try:
+            return await self._call(spec, caller, raw_args, **kw)
+        except FleetError as exc:
+            return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("internal error in the gate for %s (reference %s)", spec.name, ref)
+            return CallOutcome(False, {"status": "error", "error": {"code": "internal", "reference": ref}},
+                               f"Internal error in {spec.name} (reference {ref}); nothing was changed. "
+                               "Details are in the server log.")
+
+    async def _call(
+        self,
+        spec: ToolSpec,
+        caller: Caller,
+        raw_args: dict[str, Any],
+        *,
+        can_elicit: bool = False,
+        elicited: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> CallOutcome:
+        """Run one call through the gate. `elicited` is "accept" | "decline" | "cancel" when the human
+        was already asked in the client."""
+        t0 = time.perf_counter()
+        try:
+            args = self.parse(spec, raw_args)
+        except ValidationError as exc:
+            msg = f"Invalid arguments for {spec.name}: {format_validation_error(exc)}"
+            await self._audit_only(spec, caller, raw_args, "invalid", "invalid_arguments", t0, {"error": msg})
+            return CallOutcome(False, {"status": "invalid_arguments", "error": msg}, msg + ". Fix them and retry.")
+        verdict = self.evaluate(spec, caller, args, can_elicit=can_elicit or elicited is not None)
+
+        if verdict.action == "deny":
+            detail = {"rule": verdict.rule, "reason": verdict.reason}
+            await self._audit_only(spec, caller, args, "deny", "denied", t0, detail)
+            data = {"status": "denied", "rule": verdict.rule, "reason": verdict.reason}
+            if verdict.permission:
+                data["permission"] = verdict.permission
+                msg = (f"Permission denied: {spec.name} needs permission {verdict.permission}; "
+                       f"principal {caller.qualified} has roles {', '.join(caller.roles) or '(none)'}.")
+            else:
+                msg = f"Denied by policy rule {verdict.rule!r}: {verdict.reason}"
+            return CallOutcome(False, data, msg)
+
+        decision = verdict.decision
+        if verdict.action == "elicit":
+            if elicited in ("decline", "cancel"):
+                await self._audit_only(spec, caller, args, "require_approval", "declined", t0,
+                                       {"rule": verdict.rule, "elicitation": elicited})
+                return CallOutcome(False, {"status": "declined", "rule": verdict.rule},
+                                   f"The operator {elicited}d {spec.name}; nothing was run.")
+            if elicited != "accept":
+                # Capability vanished between rounds: queue rather than run unasked.
+                verdict = Verdict("queue", verdict.rule, verdict.reason, verdict.decision, verdict.approval)
+            else:
+                decision = "approved_by_elicitation"
+
+        if verdict.action == "queue":
+            return await self._queue(spec, caller, args, verdict, t0)
+
+        return await self._run(spec, caller, args, decision=decision, t0=t0, progress=progress)
+
+    async def _run(
+        self,
+        spec: ToolSpec,
+        caller: Caller,
+        args: BaseModel,
+        *,
+        decision: str,
+        t0: float,
+        progress: ProgressFn | None = None,
+        session: AsyncSession | None = None,
+        approval_id: str | None = None,
+    ) -> CallOutcome:
+        """Run the handler in one unit of work; its audit row commits with it (or alone, after rollback)."""
+        assert self.app.sessionmaker is not None
+        if session is None:
+            async with self.app.sessionmaker() as own, own.begin():
+                return await self._run(spec, caller, args, decision=decision, t0=t0, progress=progress,
+                                       session=own, approval_id=approval_id)
+        call_id = uuid.uuid4().hex[:16]
+        ctx = ToolContext(self.app, session, caller, call_id, approval_id=approval_id, _progress=progress)
+        outcome: CallOutcome
+        try:
+            async with session.begin_nested():
+                result = await spec.handler(ctx, args)
+                if not isinstance(result, spec.output_model):
+                    raise TypeError(f"{spec.name} returned {type(result).__name__}")
+            data = result.model_dump(mode="json")
+            outcome = CallOutcome(True, data, "")
+            await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
+                               arguments=args.model_dump(mode="python"), decision=decision, outcome="ok",
+                               detail={"call_id": call_id}, approval_id=approval_id,
+                               duration_ms=(time.perf_counter() - t0) * 1000)
+            return outcome
+        except FleetError as exc:
+            err = exc.to_dict()
+            outcome = CallOutcome(False, {"status": "error", "error": err}, str(exc))
+            result_state = "error"
+            detail: dict[str, Any] = {"call_id": call_id, "error": err}
+        except PermissionError as exc:  # pragma: no cover - defensive
+            raise PermissionDenied(str(exc)) from exc
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("internal error in %s (reference %s)", spec.name, ref)
+            outcome = CallOutcome(
+                False, {"status": "error", "error": {"code": "internal", "reference": ref}},
+                f"Internal error in {spec.name} (reference {ref}); nothing was changed. "
+                "Report the reference to the operator; details are in the server log.",
+            )
+            result_state = "internal_error"
+            detail = {"call_id": call_id, "reference": ref}
+        await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
+                           arguments=args.model_dump(mode="python"), decision=decision, outcome=result_state,
+                           detail=detail, approval_id=approval_id, duration_ms=(time.perf_counter() - t0) * 1000)
+        return outcome
+
+    async def _audit_only(
+        self, spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], decision: str, outcome: str,
+        t0: float, detail: dict[str, Any] | None = None, approval_id: str | None = None,
+    ) -> None:
+        assert self.app.sessionmaker is not None
+        arguments = args.model_dump(mode="python") if isinstance(args, BaseModel) else dict(args)
+        async with self.app.sessionmaker() as session, session.begin():
+            await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
+                               arguments=arguments, decision=decision, outcome=outcome, detail=detail,
+                               approval_id=approval_id, duration_ms=(time.perf_counter() - t0) * 1000)
+
+    async def _queue(self, spec: ToolSpec, caller: Caller, args: BaseModel, verdict: Verdict, t0: float) -> CallOutcome:
+        from fleet_mcp import approvals
+
+        summary = await self.summary(spec, caller, args)
+        assert self.app.sessionmaker is not None
+        async with self.app.sessionmaker() as session, session.begin():
+            req = await approvals.create_request(
+                session, self.app, tool=spec.name, caller=caller, arguments=args, rule=verdict.rule,
+                spec=verdict.approval, summary=summary,
+            )
+            await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
+                               arguments=args.model_dump(mode="python"), decision="require_approval",
+                               outcome="approval_required", detail={"rule": verdict.rule},
+                               approval_id=req.id, duration_ms=(time.perf_counter() - t0) * 1000)
+        data = {"status": "approval_required", "rule": verdict.rule, "approval_id": req.id,
+                "expires_at": req.expires_at.isoformat(), "approvers": list(req.approvers),
+                "min_approvals": req.min_approvals, "separation_of_duties": req.separation_of_duties}
+        who = "another principal" if req.separation_of_duties else "an approver"
+        msg = (f"{spec.name} needs approval (policy rule {verdict.rule!r}). Approval request {req.id} is queued; "
+               f"{who} with role {' or '.join(req.approvers)} decides with system_approvals_decide "
+               f"or `fleet-mcp approvals approve {req.id}`. It expires at {req.expires_at.isoformat()}.")
+        return CallOutcome(False, data, msg)
+
+    # -- approved execution ----------------------------------------------------------------------
+    async def execute_approved(self, session: AsyncSession, req: Any, requester: Caller, raw_args: dict[str, Any]
+                               ) -> CallOutcome:
+        """Run an approved request once, as the requester, inside the decider's unit of work."""
+        from fleet_mcp.registry import load_tools
+
+        spec = load_tools()[req.tool]
+        t0 = time.perf_counter()
+        args = self.parse(spec, raw_args)
+        if audit.arguments_digest(args.model_dump(mode="python")) != req.args_digest:
+            raise PermissionDenied("the stored arguments do not match the approved digest; refusing to execute",
+                                   approval_id=req.id)
+        if not self.has_permission(requester, spec.permission):
+            return CallOutcome(False, {"status": "denied", "permission": spec.permission},
+                               f"The requester no longer has permission {spec.permission}.")
+        return await self._run(spec, requester, args, decision="approved", t0=t0, session=session,
+                               approval_id=req.id)

@@ -1,0 +1,125 @@
+"""Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp and /healthz."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fleet_mcp import __version__, principals
+from fleet_mcp.app import App
+from fleet_mcp.errors import Unauthenticated
+from fleet_mcp.principals import Caller, RevokedToken
+
+# Authenticated callers by token digest, refreshed by the middleware on every request (so a revoked
+# token stops at the next request); tools read the caller of their own request's header from here.
+_CALLERS: dict[str, tuple[Caller, float]] = {}
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization") or headers.get("Authorization")
+    if not value or not value.lower().startswith("bearer "):
+        return None
+    return value[7:].strip() or None
+
+
+def caller_from_headers(headers: Mapping[str, str]) -> Caller:
+    token = _bearer(headers)
+    if token is None:
+        raise Unauthenticated("no bearer token on this request")
+    entry = _CALLERS.get(principals.token_digest(token))
+    if entry is None:
+        raise Unauthenticated("bearer token not authenticated for this request")
+    return entry[0]
+
+
+class BearerAuth:
+    """ASGI middleware in front of /mcp: every request carries a valid, unrevoked token."""
+
+    def __init__(self, app: ASGIApp, fleet: App, resource_metadata_url: str | None = None) -> None:
+        self.app = app
+        self.fleet = fleet
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/mcp"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        token = _bearer(headers)
+        status, body = 401, {"error": "unauthorized", "error_description": "a bearer token is required"}
+        if token is not None:
+            assert self.fleet.sessionmaker is not None
+            try:
+                async with self.fleet.sessionmaker() as session:
+                    caller = await principals.authenticate(session, token)
+                _CALLERS[principals.token_digest(token)] = (caller, time.monotonic())
+                await self.app(scope, receive, send)
+                return
+            except RevokedToken:
+                _CALLERS.pop(principals.token_digest(token), None)
+                status, body = 403, {"error": "forbidden", "error_description": "this bearer token was revoked"}
+            except Unauthenticated:
+                body = {"error": "invalid_token", "error_description": "unknown bearer token"}
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"www-authenticate", f'Bearer error="{body["error"]}"'.encode()),
+            (b"content-length", str(len(payload)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def security_settings(fleet: App, host: str, port: int) -> TransportSecuritySettings:
+    s = fleet.settings
+    hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1", "localhost", "[::1]",
+             f"{host}:{port}", host}
+    hosts |= {h.strip() for h in s.allowed_hosts.split(",") if h.strip()}
+    origins = {f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"}
+    origins |= {o.strip() for o in s.allowed_origins.split(",") if o.strip()}
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=sorted(hosts), allowed_origins=sorted(origins)
+    )
+
+
+def build_http_app(
+    fleet: App, *, host: str = "127.0.0.1", port: int = 8765, read_only: bool = False,
+    toolsets: set[str] | None = None, stateless: bool = False, json_response: bool = False,
+) -> ASGIApp:
+    """The ASGI app: /mcp behind bearer auth, /healthz open. Call `await fleet.start()` first."""
+    from fleet_mcp.server import build_server
+
+    fleet.stateless_http = stateless
+    server, _gate = build_server(fleet, read_only=read_only, toolsets=toolsets)
+
+    @server.custom_route("/healthz", methods=["GET"])
+    async def healthz(_request: Request) -> JSONResponse:
+        from sqlalchemy import text
+
+        assert fleet.sessionmaker is not None
+        try:
+            async with fleet.sessionmaker() as session:
+                await session.execute(text("SELECT 1"))
+            return JSONResponse({"status": "ok", "version": __version__})
+        except Exception:  # noqa: BLE001
+            return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
+
+    mcp_app = server.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=stateless, json_response=json_response,
+        transport_security=security_settings(fleet, host, port), host=host,
+    )
+    return BearerAuth(mcp_app, fleet)
+
+
+async def serve_http(fleet: App, *, host: str, port: int, **kwargs: Any) -> None:
+    import uvicorn
+
+    await fleet.start()
+    app = build_http_app(fleet, host=host, port=port, **kwargs)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve()

@@ -1,0 +1,166 @@
+"""Builds the MCP server from the registry: every tool is a thin adapter onto the gate."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    Context,
+    DeclinedElicitation,
+    Elicit,
+    ElicitationResult,
+    MCPServer,
+    Resolve,
+)
+from mcp_types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
+
+from fleet_mcp import __version__
+from fleet_mcp.app import App
+from fleet_mcp.errors import FleetError, Unauthenticated
+from fleet_mcp.gate import CallOutcome, Gate
+from fleet_mcp.principals import Caller
+from fleet_mcp.registry import ToolSpec, select
+
+log = logging.getLogger(__name__)
+
+INSTRUCTIONS = """fleet-mcp runs fleet operations that must never happen by accident: GitOps reconciliation,
+SD-WAN federation and Vault transit pepper rotation. Every call passes an intervention policy: it may run,
+be denied (status "denied"), need your confirmation in the client (elicitation), or be queued for another
+principal (status "approval_required" with an approval_id; check it with system_approvals_get)."""
+
+
+class ApprovalForm(BaseModel):
+    """What the human answers in the client."""
+
+    approve: bool = Field(description="Run this operation now?")
+
+
+class _NoQuestion(BaseModel):
+    """The resolver's answer when the policy needs no question."""
+
+
+def _caller_for(app: App, ctx: Context) -> Caller:
+    headers = ctx.headers
+    if headers is None:
+        if app.stdio_caller is None:
+            raise Unauthenticated("the server has no stdio principal configured")
+        return app.stdio_caller
+    from fleet_mcp.http import caller_from_headers
+
+    return caller_from_headers(headers)
+
+
+def _raw_arguments(ctx: Context, fallback: dict[str, Any]) -> dict[str, Any]:
+    try:
+        params = ctx.request_context.params
+    except (AttributeError, ValueError, RuntimeError):
+        params = None
+    if isinstance(params, dict) and isinstance(params.get("arguments"), dict):
+        return dict(params["arguments"])
+    return fallback
+
+
+def _can_elicit(ctx: Context) -> bool:
+    caps = ctx.client_capabilities
+    return bool(caps is not None and getattr(caps, "elicitation", None) is not None)
+
+
+def to_result(outcome: CallOutcome) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=outcome.text())],
+        structured_content=outcome.data,
+        is_error=not outcome.ok,
+    )
+
+
+def _signature_params(spec: ToolSpec) -> list[inspect.Parameter]:
+    params = []
+    for fname, finfo in spec.input_model.model_fields.items():
+        params.append(
+            inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[finfo.annotation, finfo])
+        )
+    return params
+
+
+def _make_tool(app: App, gate: Gate, spec: ToolSpec) -> Any:
+    """One adapter per tool: a resolver that may ask the human, and a body that calls the gate."""
+
+    async def ask(ctx: Context, **kwargs: Any) -> Any:
+        try:
+            caller = _caller_for(app, ctx)
+            args = gate.parse(spec, _raw_arguments(ctx, kwargs))
+        except (FleetError, ValueError):
+            return _NoQuestion()  # the body reports it
+        verdict = gate.evaluate(spec, caller, args, can_elicit=_can_elicit(ctx))
+        if verdict.action != "elicit":
+            return _NoQuestion()
+        summary = await gate.summary(spec, caller, args)
+        return Elicit(gate.elicitation_message(spec, args, verdict, summary), ApprovalForm)
+
+    ask.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context), *_signature_params(spec)]
+    )
+    ask.__annotations__ = {p.name: p.annotation for p in ask.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    ask.__name__ = f"ask_{spec.name}"
+
+    async def body(ctx: Context, approval: Any = None, **kwargs: Any) -> CallToolResult:
+        try:
+            caller = _caller_for(app, ctx)
+        except FleetError as exc:
+            return to_result(CallOutcome(False, {"status": "denied", "error": exc.to_dict()}, str(exc)))
+        elicited: str | None = None
+        if isinstance(approval, AcceptedElicitation) and isinstance(approval.data, ApprovalForm):
+            elicited = "accept" if approval.data.approve else "decline"
+        elif isinstance(approval, DeclinedElicitation):
+            elicited = "decline"
+        elif approval is not None and not isinstance(approval, AcceptedElicitation):
+            elicited = "cancel"
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await ctx.report_progress(done, total, message)
+
+        outcome = await gate.call(
+            spec, caller, _raw_arguments(ctx, kwargs), can_elicit=_can_elicit(ctx), elicited=elicited,
+            progress=progress,
+        )
+        return to_result(outcome)
+
+    body.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context),
+            inspect.Parameter(
+                "approval", inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[ElicitationResult[ApprovalForm], Resolve(ask)],
+            ),
+            *_signature_params(spec),
+        ],
+        return_annotation=Annotated[CallToolResult, spec.output_model],
+    )
+    body.__annotations__ = {p.name: p.annotation for p in body.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    body.__annotations__["return"] = body.__signature__.return_annotation  # type: ignore[attr-defined]
+    body.__name__ = spec.name
+    body.__doc__ = spec.description
+    return body
+
+
+def build_server(
+    app: App, *, read_only: bool = False, toolsets: set[str] | None = None
+) -> tuple[MCPServer, Gate]:
+    gate = Gate(app)
+    server = MCPServer(name="fleet-mcp", title="fleet-mcp", version=__version__, instructions=INSTRUCTIONS,
+                       log_level=app.settings.log_level.upper())  # type: ignore[arg-type]
+    for spec in select(read_only_only=read_only, toolsets=toolsets):
+        server.add_tool(_make_tool(app, gate, spec), name=spec.name, title=spec.title,
+                        description=spec.description, annotations=spec.annotations)
+        # Publish the registry's own schemas (unknown arguments are refused by the gate).
+        registered = server._tool_manager.get_tool(spec.name)
+        if registered is not None:
+            registered.parameters = spec.input_schema()
+    from fleet_mcp.resources import register_resources
+
+    register_resources(server, app, gate)
+    return server, gate

@@ -1,0 +1,94 @@
+"""Approval queue tools: list, get and decide approval requests."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_mcp import approvals
+from fleet_mcp.context import ToolContext
+from fleet_mcp.registry import tool
+
+
+class ApprovalOut(BaseModel):
+    id: str
+    tool: str
+    arguments: dict[str, Any]
+    requested_by: str
+    status: str
+    rule: str
+    approvers: list[str]
+    min_approvals: int
+    separation_of_duties: bool
+    decisions: list[dict[str, Any]]
+    decided_by: str | None
+    reason: str | None
+    summary: str | None
+    created_at: str | None
+    expires_at: str
+    executed_at: str | None
+    result: dict[str, Any] | None
+
+
+class ListArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["pending", "executing", "executed", "failed", "rejected", "expired", "cancelled"] | None = Field(
+        default=None, description="Only requests in this status.")
+
+
+class ListOut(BaseModel):
+    approvals: list[ApprovalOut]
+    count: int
+
+
+@tool(name="system_approvals_list", title="List approval requests", permission="system.approvals.read",
+      toolset="approvals", read_only=True, idempotent=True)
+async def approvals_list(ctx: ToolContext, args: ListArgs) -> ListOut:
+    """Approval requests of this account, newest first (arguments with secrets masked)."""
+    await approvals.sweep_expired(ctx.session)
+    rows = await approvals.list_requests(ctx.session, ctx.principal.account_id, args.status)
+    return ListOut(approvals=[ApprovalOut(**approvals.to_dict(r)) for r in rows], count=len(rows))
+
+
+class GetArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approval_id: str = Field(description="Approval request id (apr_…).", min_length=4, max_length=40)
+
+
+class GetOut(BaseModel):
+    approval: ApprovalOut
+
+
+@tool(name="system_approvals_get", title="Get an approval request", permission="system.approvals.read",
+      toolset="approvals", read_only=True, idempotent=True)
+async def approvals_get(ctx: ToolContext, args: GetArgs) -> GetOut:
+    """One approval request, with its decisions and, once executed, the operation's result."""
+    req = await approvals.get(ctx.session, args.approval_id, ctx.principal.account_id)
+    return GetOut(approval=ApprovalOut(**approvals.to_dict(req)))
+
+
+class DecideArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approval_id: str = Field(description="Approval request id (apr_…).", min_length=4, max_length=40)
+    decision: Literal["approve", "reject"] = Field(description="approve or reject.")
+    reason: str = Field(description="Why; recorded in the audit log.", min_length=1, max_length=2000)
+
+
+class DecideOut(BaseModel):
+    approval: ApprovalOut
+    executed: bool
+    result: dict[str, Any] | None = None
+
+
+@tool(name="system_approvals_decide", title="Decide an approval request", permission="system.approvals.decide",
+      toolset="approvals")
+async def approvals_decide(ctx: ToolContext, args: DecideArgs) -> DecideOut:
+    """Approve or reject a pending request. When the required approvals are in, the operation runs once,
+    as the requester, and its result is stored on the request."""
+    from fleet_mcp.gate import Gate
+
+    req, result = await approvals.decide(ctx.session, Gate(ctx.app), approval_id=args.approval_id,
+                                         decider=ctx.principal, decision=args.decision, reason=args.reason)
+    return DecideOut(approval=ApprovalOut(**approvals.to_dict(req)), executed=req.status in ("executed", "failed"),
+                     result=result)
