@@ -1,0 +1,28 @@
+"""Fixtures for the policy tests: the TOOLS.md catalog and the shipped policy directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from catalog_data import build_catalog
+
+import fleet_mcp
+from fleet_mcp.policy import ToolFacts
+
+POLICIES = Path(fleet_mcp.__file__).parent / "policies"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def catalog() -> dict[str, ToolFacts]:
+    return build_catalog()
+
+
+@pytest.fixture(scope="session")
+def policies_dir() -> Path:
+    return POLICIES
