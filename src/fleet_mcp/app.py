@@ -40,16 +40,10 @@ class App:
         if self._started:
             return self
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         url = s.effective_database_url
-        if migrate_db:
-            await anyio.to_thread.run_sync(migrate.upgrade, url)
+        await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
         self.engine = create_engine(url)
         self.sessionmaker = make_sessionmaker(self.engine)
-        if is_sqlite(url):
-            db_file = Path(url.split("///", 1)[1])
-            if db_file.exists():
-                os.chmod(db_file, 0o600)
         self.policy = self._load_policy()
         self.transit = await self._build_transit()
         async with self.sessionmaker() as session, session.begin():
@@ -61,6 +55,16 @@ class App:
             )
         self._started = True
         return self
+
+    def _prepare_storage(self, url: str, migrate_db: bool) -> None:
+        """Data dir (0700), migrations, and a SQLite file readable by its owner only."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if migrate_db:
+            migrate.upgrade(url)
+        if is_sqlite(url):
+            db_file = Path(url.split("///", 1)[1])
+            if db_file.exists():
+                os.chmod(db_file, 0o600)
 
     def _load_policy(self) -> Any:
         from fleet_mcp.policy.watcher import PolicyHolder

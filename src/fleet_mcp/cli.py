@@ -72,6 +72,9 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
         from fleet_mcp.scheduler import run_scheduler
 
         await app.start()
+        from fleet_mcp.policy.watcher import install_sighup_reload
+
+        remove_sighup = install_sighup_reload(app.policy)
         try:
             if ns.transport == "http":
                 from fleet_mcp.http import serve_http
@@ -86,6 +89,7 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
                 async with run_scheduler(app, enabled=settings.scheduler):
                     await server.run_stdio_async()
         finally:
+            remove_sighup()
             await app.close()
 
     asyncio.run(main())
@@ -120,7 +124,8 @@ def cmd_token_create(settings: Settings, ns: argparse.Namespace) -> int:
         async with app.sessionmaker() as session, session.begin():
             await principals.ensure_account(session, ns.account)
             token = await principals.create_token(session, account=ns.account, label=ns.name, roles=ns.role,
-                                                  principal=ns.principal)
+                                                  principal=ns.principal,
+                                                  known_roles=app.policy.current.role_table())
         print(f"token {ns.name} for {ns.account}/{ns.principal or ns.name} with roles {', '.join(ns.role)}; "
               "it is shown once, store it now:", file=sys.stderr)
         print(token)
@@ -256,8 +261,9 @@ def cmd_tools_export(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp.contracts import check_contracts, write_contracts
 
     out = Path(ns.dir)
+    docs = Path(ns.docs) if ns.docs else None
     if ns.check:
-        problems = check_contracts(out)
+        problems = check_contracts(out, docs)
         if problems:
             for p in problems:
                 print(p, file=sys.stderr)
@@ -265,8 +271,8 @@ def cmd_tools_export(settings: Settings, ns: argparse.Namespace) -> int:
             return 1
         print(f"{out}: contracts up to date")
         return 0
-    n = write_contracts(out)
-    print(f"wrote {n} tool contracts to {out}")
+    n = write_contracts(out, docs)
+    print(f"wrote {n} tool contracts to {out}" + (f" and {docs / 'API.md'}" if docs else ""))
     return 0
 
 
@@ -352,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     te = tl.add_parser("export", help="write tools/*.json")
     te.add_argument("--check", action="store_true", help="exit non-zero when tools/ is stale")
     te.add_argument("--dir", default="tools")
+    te.add_argument("--docs", default="docs", help="where API.md goes ('' to skip)")
     te.set_defaults(fn=cmd_tools_export)
     return p
 

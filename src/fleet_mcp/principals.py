@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -16,7 +17,7 @@ from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import Account, ApiToken, Principal
 from fleet_mcp.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
 
-TOKEN_PREFIX = "fmcp"
+TOKEN_PREFIX = "fmcp"  # noqa: S105 - a public prefix, not a secret
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -89,16 +90,19 @@ def token_digest(token: str) -> str:
 
 
 async def create_token(
-    session: AsyncSession, *, account: str, label: str, roles: list[str], principal: str | None = None
+    session: AsyncSession, *, account: str, label: str, roles: list[str], principal: str | None = None,
+    known_roles: Iterable[str] | None = None,
 ) -> str:
-    """Create a bearer token for a principal (created if needed); return the token (shown once)."""
+    """Create a bearer token for a principal (created if needed); return the token (shown once).
+    `known_roles` defaults to the built-in roles; pass the policy's role table to allow its roles."""
     from fleet_mcp.policy.roles import BUILTIN_ROLES
 
     check_name("token label", label)
-    unknown = [r for r in roles if r not in BUILTIN_ROLES]
+    known = set(known_roles) if known_roles is not None else set(BUILTIN_ROLES)
+    unknown = [r for r in roles if r not in known]
     if unknown or not roles:
         raise InvalidArgument(f"unknown role(s): {', '.join(unknown) or '(none given)'}",
-                              hint=f"roles are {', '.join(sorted(BUILTIN_ROLES))}")
+                              hint=f"roles are {', '.join(sorted(known))}")
     if (await session.execute(select(ApiToken.id).where(ApiToken.label == label))).first():
         raise Conflict(f"a token labelled {label!r} already exists", hint="pick another label or revoke it first")
     acct = await get_account(session, account)

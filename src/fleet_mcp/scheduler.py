@@ -33,6 +33,12 @@ async def sweep_approvals(app: Any) -> None:
         log.info("expired %d approval request(s)", n)
 
 
+@job("policy.reload_if_changed", lambda app: 5.0)
+async def reload_policy(app: Any) -> None:
+    """Pick up edits to the policy file; an invalid edit is logged and the old policy stays."""
+    await anyio.to_thread.run_sync(app.policy.reload_if_changed)
+
+
 async def _loop(app: Any, name: str, interval: Callable[[Any], float], fn: Job) -> None:
     while True:
         try:

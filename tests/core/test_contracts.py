@@ -33,7 +33,7 @@ def test_every_tool_is_declared_on_purpose() -> None:
 
 
 def test_tools_folder_is_current() -> None:
-    problems = check_contracts(ROOT / "tools")
+    problems = check_contracts(ROOT / "tools", ROOT / "docs")
     assert problems == [], "run `fleet-mcp tools export`: " + "; ".join(problems)
 
 
@@ -42,7 +42,8 @@ def test_tools_export_check_cli_detects_staleness(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "tools", out)
     victim = next(out.glob("system_*.json"))
     victim.write_text(victim.read_text().replace('"title"', '"titel"', 1))
-    proc = subprocess.run([sys.executable, "-m", "fleet_mcp", "tools", "export", "--check", "--dir", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "fleet_mcp", "tools", "export", "--check", "--dir", str(out),
+                           "--docs", ""],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "stale" in proc.stderr
     ok = subprocess.run([sys.executable, "-m", "fleet_mcp", "tools", "export", "--check", "--dir",

@@ -13,7 +13,6 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-
 from tests.conftest import HttpServer, cli_env, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -86,10 +85,14 @@ async def test_http_tokens_accounts_and_revocation(http_env, mode: str) -> None:
         assert r.structured_content["items"] == []
         r = await c.call_tool("system_get_template", {"name": "web"})
         assert r.is_error and r.structured_content["error"]["code"] == "not_found"
-    # The audit row names the token's principal.
+    # The audit row names the token's principal; a viewer cannot write.
     async with _client(server.url, alice, mode) as c:
         r = await c.call_tool("system_audit_query", {"tool": "system_put_template"})
-        assert r.is_error and r.structured_content["permission"] == "system.audit.read"  # operators can't read it
+        assert r.structured_content["entries"][0]["principal"] == "acme/alice"
+    viewer = _token(env, "acme", f"vic-{mode}", "viewer")
+    async with _client(server.url, viewer, mode) as c:
+        r = await c.call_tool("system_put_template", {"name": "web2", "spec": {}})
+        assert r.is_error and r.structured_content["permission"] == "system.fleet.write"
     run_cli(env, "token", "revoke", "alice")
     assert _post(server.url + "/mcp", {"Authorization": f"Bearer {alice}"}) == 403
 
