@@ -84,6 +84,37 @@ async def create_request(
     return req
 
 
+async def record_elicited(
+    session: AsyncSession, *, key: str, tool: str, caller: Caller, arguments: BaseModel, rule: str
+) -> ApprovalRequest:
+    """Record an approval the human gave in the client; a second use of the same answer is refused."""
+    approval_id = "eli_" + key[:32]
+    if await session.get(ApprovalRequest, approval_id) is not None:
+        raise Conflict("this approval was already used once; approvals given in the client are single-use",
+                       approval_id=approval_id)
+    raw = arguments.model_dump(mode="python")
+    now = utcnow()
+    req = ApprovalRequest(
+        id=approval_id, account_id=caller.account_id, tool=tool, arguments_masked=audit.mask(raw),
+        arguments_sealed="", args_digest=audit.arguments_digest(raw), requested_by=caller.qualified,
+        requester_roles=list(caller.roles), rule=rule, approvers=["(the human at the client)"], min_approvals=1,
+        separation_of_duties=False, status="executing", decided_by=caller.qualified,
+        decisions=[{"by": caller.qualified, "decision": "approve", "reason": "approved in the client",
+                    "at": now.isoformat(), "via": "elicitation"}],
+        expires_at=now,
+    )
+    session.add(req)
+    await session.flush()
+    return req
+
+
+async def finish_elicited(session: AsyncSession, req: ApprovalRequest, ok: bool, result: dict[str, Any]) -> None:
+    req.status = "executed" if ok else "failed"
+    req.executed_at = utcnow()
+    req.result = audit.mask(result)
+    await session.flush()
+
+
 async def get(session: AsyncSession, approval_id: str, account_id: int, *, lock: bool = False) -> ApprovalRequest:
     stmt = select(ApprovalRequest).where(ApprovalRequest.id == approval_id, ApprovalRequest.account_id == account_id)
     if lock:

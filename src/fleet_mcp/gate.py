@@ -152,9 +152,10 @@ class Gate:
         can_elicit: bool = False,
         elicited: str | None = None,
         progress: ProgressFn | None = None,
+        elicitation_key: str | None = None,
     ) -> CallOutcome:
         """Run one call through the gate. `elicited` is "accept" | "decline" | "cancel" when the human
-        was already asked in the client."""
+        was already asked in the client; `elicitation_key` identifies that answer (single use)."""
         t0 = time.perf_counter()
         try:
             args = self.parse(spec, raw_args)
@@ -192,7 +193,33 @@ class Gate:
         if verdict.action == "queue":
             return await self._queue(spec, caller, args, verdict, t0)
 
+        if decision == "approved_by_elicitation":
+            return await self._run_elicited(spec, caller, args, verdict, t0, progress,
+                                            elicitation_key or uuid.uuid4().hex)
         return await self._run(spec, caller, args, decision=decision, t0=t0, progress=progress)
+
+    async def _run_elicited(self, spec: ToolSpec, caller: Caller, args: BaseModel, verdict: Verdict, t0: float,
+                            progress: ProgressFn | None, key: str) -> CallOutcome:
+        """An answer given in the client becomes an approval record, used once, in the run's transaction."""
+        from fleet_mcp import approvals
+
+        assert self.app.sessionmaker is not None
+        async with self.app.sessionmaker() as session, session.begin():
+            try:
+                req = await approvals.record_elicited(session, key=key, tool=spec.name, caller=caller,
+                                                      arguments=args, rule=verdict.rule)
+            except FleetError as exc:
+                await audit.append(session, principal=caller.qualified, account=caller.account_name,
+                                   tool=spec.name, arguments=args.model_dump(mode="python"),
+                                   decision="require_approval", outcome="replay_refused",
+                                   detail={"error": exc.to_dict()}, duration_ms=(time.perf_counter() - t0) * 1000)
+                return CallOutcome(False, {"status": "denied", "rule": verdict.rule, "reason": exc.message},
+                                   f"{exc.message} Call the tool again to be asked again.")
+            outcome = await self._run(spec, caller, args, decision="approved_by_elicitation", t0=t0,
+                                      progress=progress, session=session, approval_id=req.id)
+            await approvals.finish_elicited(session, req, outcome.ok, outcome.data if outcome.ok else
+                                            {"error": outcome.message})
+            return outcome
 
     async def _run(
         self,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
+import os
+import secrets
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import (
@@ -13,6 +16,7 @@ from mcp.server.mcpserver import (
     Elicit,
     ElicitationResult,
     MCPServer,
+    RequestStateSecurity,
     Resolve,
 )
 from mcp_types import CallToolResult, TextContent
@@ -67,6 +71,28 @@ def _raw_arguments(ctx: Context, fallback: dict[str, Any]) -> dict[str, Any]:
 def _can_elicit(ctx: Context) -> bool:
     caps = ctx.client_capabilities
     return bool(caps is not None and getattr(caps, "elicitation", None) is not None)
+
+
+def _elicitation_key(ctx: Context) -> str:
+    """Identity of one human answer. On 2026-07-28 the answer rides the sealed request_state, which a
+    client could resend; its digest makes the approval single-use. Mid-call answers (2025-11-25) are
+    never resent, so a random key suffices."""
+    state = ctx.request_state
+    if state:
+        return hashlib.sha256(state.encode()).hexdigest()[:32]
+    return secrets.token_hex(16)
+
+
+def _bind_state_principal(rctx: Any) -> str | None:
+    """Bind sealed request_state to the bearer token that asked (HTTP); stdio has one principal."""
+    headers = getattr(getattr(rctx, "request", None), "headers", None)
+    if not headers:
+        return None
+    from fleet_mcp.http import _bearer
+    from fleet_mcp.principals import token_digest
+
+    token = _bearer(headers)
+    return token_digest(token) if token else "anonymous"
 
 
 def to_result(outcome: CallOutcome) -> CallToolResult:
@@ -125,7 +151,7 @@ def _make_tool(app: App, gate: Gate, spec: ToolSpec) -> Any:
 
         outcome = await gate.call(
             spec, caller, _raw_arguments(ctx, kwargs), can_elicit=_can_elicit(ctx), elicited=elicited,
-            progress=progress,
+            progress=progress, elicitation_key=_elicitation_key(ctx) if elicited == "accept" else None,
         )
         return to_result(outcome)
 
@@ -151,8 +177,12 @@ def build_server(
     app: App, *, read_only: bool = False, toolsets: set[str] | None = None
 ) -> tuple[MCPServer, Gate]:
     gate = Gate(app)
-    server = MCPServer(name="fleet-mcp", title="fleet-mcp", version=__version__, instructions=INSTRUCTIONS,
-                       log_level=app.settings.log_level.upper())  # type: ignore[arg-type]
+    server = MCPServer(
+        name="fleet-mcp", title="fleet-mcp", version=__version__, instructions=INSTRUCTIONS,
+        log_level=app.settings.log_level.upper(),  # type: ignore[arg-type]
+        request_state_security=RequestStateSecurity(keys=[os.urandom(32)], bind_principal=_bind_state_principal,
+                                                    ttl=600.0, audience="fleet-mcp"),
+    )
     for spec in select(read_only_only=read_only, toolsets=toolsets):
         server.add_tool(_make_tool(app, gate, spec), name=spec.name, title=spec.title,
                         description=spec.description, annotations=spec.annotations)

@@ -127,3 +127,23 @@ async def test_invalid_arguments_are_clear_and_write_nothing(client, app) -> Non
 async def test_unknown_tool_in_policy_catalog_is_denied(app) -> None:  # noqa: ANN001
     d = app.policy.current.decide("system_does_not_exist", {})
     assert d.decision == "deny"
+
+
+async def test_elicited_approval_is_single_use(app) -> None:  # noqa: ANN001
+    """On 2026-07-28 the answer rides request_state; resending it must not run the operation again."""
+    from mcp_types import InputRequiredResult
+
+    server, _ = build_server(app)
+    async with Client(server, elicitation_callback=_answer("accept")) as c:
+        await _seed(c)
+        first = await c.session.call_tool("system_delete_template", {"name": "web"}, allow_input_required=True)
+        assert isinstance(first, InputRequiredResult)
+        responses = {k: ElicitResult(action="accept", content={"approve": True}) for k in first.input_requests}
+        r1 = await c.session.call_tool("system_delete_template", {"name": "web"}, input_responses=responses,
+                                       request_state=first.request_state)
+        assert not r1.is_error, r1.content
+        await _seed(c)
+        r2 = await c.session.call_tool("system_delete_template", {"name": "web"}, input_responses=responses,
+                                       request_state=first.request_state)
+        assert r2.is_error and "single-use" in r2.content[0].text
+    assert await _count(app, Template) == 1
