@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+from sqlalchemy import text
 
 log = logging.getLogger(__name__)
 
 Job = Callable[[Any], Awaitable[None]]
-JOBS: list[tuple[str, Callable[[Any], float], Job]] = []
+JOBS: list[tuple[str, Callable[[Any], float], Job, bool]] = []
 
 
-def job(name: str, interval: Callable[[Any], float]) -> Callable[[Job], Job]:
+def job(name: str, interval: Callable[[Any], float], *, per_process: bool = False) -> Callable[[Job], Job]:
+    """Register a background job; unless per_process, one replica at a time runs each tick."""
+
     def register(fn: Job) -> Job:
-        JOBS.append((name, interval, fn))
+        if not any(j[0] == name for j in JOBS):
+            JOBS.append((name, interval, fn, per_process))
         return fn
 
     return register
@@ -33,16 +38,41 @@ async def sweep_approvals(app: Any) -> None:
         log.info("expired %d approval request(s)", n)
 
 
-@job("policy.reload_if_changed", lambda app: 5.0)
+@job("policy.reload_if_changed", lambda app: 5.0, per_process=True)
 async def reload_policy(app: Any) -> None:
     """Pick up edits to the policy file; an invalid edit is logged and the old policy stays."""
     await anyio.to_thread.run_sync(app.policy.reload_if_changed)
 
 
-async def _loop(app: Any, name: str, interval: Callable[[Any], float], fn: Job) -> None:
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"fleet-mcp:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+async def run_once(app: Any, name: str, fn: Job) -> bool:
+    """Run one tick of a job; on PostgreSQL only the replica holding the job's advisory lock runs it."""
+    if app.engine is None or app.engine.dialect.name != "postgresql":
+        await fn(app)
+        return True
+    key = _lock_key(name)
+    async with app.engine.connect() as conn:
+        if not await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}):
+            return False
+        try:
+            await conn.commit()
+            await fn(app)
+            return True
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            await conn.commit()
+
+
+async def _loop(app: Any, name: str, interval: Callable[[Any], float], fn: Job, per_process: bool) -> None:
     while True:
         try:
-            await fn(app)
+            if per_process:
+                await fn(app)
+            else:
+                await run_once(app, name, fn)
         except Exception:
             log.exception("background job %s failed; retrying next interval", name)
         await anyio.sleep(interval(app))
@@ -63,8 +93,8 @@ async def run_scheduler(app: Any, *, enabled: bool = True) -> AsyncIterator[None
         yield
         return
     async with anyio.create_task_group() as tg:
-        for name, interval, fn in JOBS:
-            tg.start_soon(_loop, app, name, interval, fn)
+        for name, interval, fn, per_process in JOBS:
+            tg.start_soon(_loop, app, name, interval, fn, per_process)
         try:
             yield
         finally:
