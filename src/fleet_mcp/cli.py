@@ -20,6 +20,9 @@ log = logging.getLogger("fleet_mcp")
 def _configure_logging(settings: Settings, stderr_only: bool = True) -> None:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Drivers echo bound SQL parameters (digests, ciphertexts) at DEBUG: never let them.
+    for noisy in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "hvac", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger(noisy).level))
 
 
 def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:

@@ -12,9 +12,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import anyio
 from mcp import Client, StdioServerParameters
 from mcp_types import ElicitResult
+
+from fleet_mcp.audit import mask
 
 
 class Demo:
@@ -55,7 +56,7 @@ class Demo:
     async def call(self, client: Client, who: str, tool: str, args: dict[str, Any] | None = None,
                    *, expect_error: bool = False, show: Any = None) -> dict[str, Any]:
         self.n += 1
-        shown = json.dumps(args or {}, default=str)
+        shown = json.dumps(mask(args or {}), default=str)
         if len(shown) > 110:
             shown = shown[:107] + "..."
         print(f"\n{self.n:>3}. {who} → {tool} {shown}")
@@ -117,10 +118,7 @@ async def run_demo(keep: bool = False) -> int:
     d = Demo(data_dir)
     print(f"fleet-mcp demo — data dir {data_dir} (SQLite, local transit keyring, shipped default policy)")
     try:
-        # Accounts exist before the servers start (the stdio principals are created on start).
-        for account in ("acme", "globex"):
-            await anyio.run_process([sys.executable, "-m", "fleet_mcp", "account", "create", account],
-                                    env=d.env("acme", "alice", "operator"), check=True)
+        # Each stdio server creates its principal's account on start (acme and globex here).
         async with AsyncExitStack() as stack:
             alice = await stack.enter_async_context(d.client("acme", "alice", "operator"))
             bob = await stack.enter_async_context(d.client("acme", "bob", "approver"))

@@ -25,6 +25,9 @@ class FleetError(Exception):
     """Base of every domain error; `code` is stable and machine-readable."""
 
     code = "error"
+    #: When True the gate keeps what the failing call wrote (e.g. a failed-attempt counter) instead of
+    #: rolling it back; the error is still reported. Never set it for a partial domain change.
+    keep_changes = False
 
     def __init__(self, message: str, *, hint: str | None = None, **subject: Any) -> None:
         super().__init__(message)

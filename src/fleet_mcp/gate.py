@@ -243,10 +243,20 @@ class Gate:
         ctx = ToolContext(self.app, session, caller, call_id, approval_id=approval_id, _progress=progress)
         outcome: CallOutcome
         try:
-            async with session.begin_nested():
+            savepoint = await session.begin_nested()
+            try:
                 result = await spec.handler(ctx, args)
                 if not isinstance(result, spec.output_model):
                     raise TypeError(f"{spec.name} returned {type(result).__name__}")
+            except FleetError as exc:
+                # A refusal may have to leave a trace that is part of the answer (a failed-accept
+                # counter, a proposal marked stale): the error says so with keep_changes.
+                await (savepoint.commit() if getattr(exc, "keep_changes", False) else savepoint.rollback())
+                raise
+            except BaseException:
+                await savepoint.rollback()
+                raise
+            await savepoint.commit()
             data = result.model_dump(mode="json")
             outcome = CallOutcome(True, data, "")
             await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,

@@ -35,6 +35,7 @@ def register_resources(server: MCPServer, app: App, gate: Gate) -> None:
             [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context),
              inspect.Parameter(arg, inspect.Parameter.KEYWORD_ONLY, annotation=str)]
         )
+        read.__annotations__ = {"ctx": Context, arg: str, "return": str}
         read.__name__ = f"resource_{tool_name}"
         server.resource(uri, name=tool_name.removeprefix("system_"), title=title, mime_type="application/json")(read)
 

@@ -1,0 +1,108 @@
+"""Result shapes of the federation services (and of the federation tools); never a token digest."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CrossCertificateOut(BaseModel):
+    signed_by: str = Field(description="Account whose root signed it (it sits in that account's bundle).")
+    signed_for: str = Field(description="Account whose intermediate it vouches for.")
+    serial: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    name_constraints: list[str] = Field(description="Permitted DNS subtrees (critical name constraint).")
+    state: str = Field(description="current | superseded | revoked | expired")
+    revoked_at: dt.datetime | None = None
+
+
+class FederationPeerOut(BaseModel):
+    id: int
+    local_account: str = Field(description="The proposing account.")
+    remote_account: str = Field(description="The accepting account.")
+    status: str
+    allowed_transitions: list[str]
+    remote_prefix_advertisement: list[str] | None = None
+    proposed_at: dt.datetime
+    proposed_by: str | None = None
+    accepted_at: dt.datetime | None = None
+    accepted_by: str | None = None
+    last_handshake_at: dt.datetime | None = None
+    last_handshake_error: str | None = None
+    token_expires_at: dt.datetime | None = Field(
+        default=None, description="Expiry of the pending acceptance token (only while proposed)."
+    )
+    failed_attempts: int = 0
+    locked_until: dt.datetime | None = None
+    suspended_at: dt.datetime | None = None
+    suspended_reason: str | None = None
+    revoked_at: dt.datetime | None = None
+    revoked_reason: str | None = None
+    cross_certificates: list[CrossCertificateOut] = Field(default_factory=list)
+
+
+class ProposalOut(BaseModel):
+    federation_peer: FederationPeerOut
+    acceptance_token: str = Field(description="Shown once: hand it to the remote account out of band.")
+    acceptance_token_expires_at: dt.datetime
+
+
+class TokenOut(BaseModel):
+    federation_peer_id: int
+    acceptance_token: str = Field(description="Shown once; the previous token no longer works.")
+    acceptance_token_expires_at: dt.datetime
+
+
+class AcceptOut(BaseModel):
+    federation_peer: FederationPeerOut
+    cross_certificates: list[CrossCertificateOut]
+
+
+class DirectionOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    from_: str = Field(alias="from", description="Account whose node was the TLS client.")
+    to: str = Field(description="Account whose node was the TLS server.")
+    ok: bool
+    error: str | None = None
+    tls_version: str | None = None
+
+
+class HandshakeOut(BaseModel):
+    ok: bool
+    directions: list[DirectionOut]
+    federation_peer: FederationPeerOut
+
+
+class NodeCertificateOut(BaseModel):
+    certificate_pem: str
+    chain_pem: str = Field(description="What the node presents: [leaf, own intermediate].")
+    serial: str
+    not_after: dt.datetime
+    dns_name: str
+    private_key_pem: str | None = Field(
+        default=None, description="Only when the server generated the key; shown once, never stored."
+    )
+
+
+class TrustBundleOut(BaseModel):
+    account: str
+    bundle_pem: str = Field(description="Own root plus the cross certificates the own root signed.")
+    bundle_version: int
+    certificate_count: int
+    crls_pem: str | None = Field(default=None, description="CRLs to load with VERIFY_CRL_CHECK_CHAIN.")
+
+
+class FindingOut(BaseModel):
+    kind: str
+    severity: str
+    federation_peer_id: int | None
+    message: str
+
+
+class ScanOut(BaseModel):
+    findings: list[FindingOut]
+    finding_count: int
+    severity_summary: dict[str, int]

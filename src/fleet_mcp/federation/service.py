@@ -1,0 +1,461 @@
+"""The federation service the tools and the scheduler call: every operation on the caller's AsyncSession,
+which it flushes but never commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleet_mcp.db.base import utcnow
+from fleet_mcp.db.models import Account
+from fleet_mcp.errors import Conflict, InvalidArgument
+from fleet_mcp.federation import accounts, governance, peers, tokens
+from fleet_mcp.federation.accept import Acceptance, keep_changes
+from fleet_mcp.federation.authority import Authorities
+from fleet_mcp.federation.config import FederationConfig
+from fleet_mcp.federation.keys import KeySealer
+from fleet_mcp.federation.lifecycle import TRUSTED_STATUSES, PeerStatus, check_action
+from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, IssuedCertificate
+from fleet_mcp.federation.schemas import (
+    AcceptOut,
+    FederationPeerOut,
+    HandshakeOut,
+    NodeCertificateOut,
+    ProposalOut,
+    ScanOut,
+    TokenOut,
+    TrustBundleOut,
+)
+from fleet_mcp.federation.verification import HandshakeVerifier
+
+__all__ = ["FederationConfig", "FederationService", "keep_changes"]
+
+
+class FederationService:
+    """Stateless apart from its configuration and key sealer."""
+
+    def __init__(self, sealer: KeySealer, config: FederationConfig | None = None) -> None:
+        self.config = config or FederationConfig()
+        self.authorities = Authorities(sealer, self.config)
+        self.acceptance = Acceptance(self.authorities, self.config)
+        self.verifier = HandshakeVerifier(self.authorities, self.config)
+
+    # -- certificates and bundles ----------------------------------------------------------------
+
+    async def ensure_ca(self, session: AsyncSession, account_id: int) -> CertificateAuthority:
+        return await self.authorities.ensure(session, account_id)
+
+    async def issue_node_certificate(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        node_name: str,
+        csr_pem: str | None = None,
+        lifetime: dt.timedelta | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> NodeCertificateOut:
+        return await self.authorities.issue_node_certificate(
+            session,
+            account_id=account_id,
+            node_name=node_name,
+            csr_pem=csr_pem,
+            lifetime=lifetime,
+            now=now,
+            correlation_id=correlation_id,
+        )
+
+    async def trust_bundle(
+        self, session: AsyncSession, *, account_id: int, include_crls: bool = False
+    ) -> TrustBundleOut:
+        return await self.authorities.trust_bundle(session, account_id=account_id, include_crls=include_crls)
+
+    # -- reading peers ---------------------------------------------------------------------------
+
+    async def list_peers(
+        self, session: AsyncSession, *, account_id: int, status: str | None = None
+    ) -> list[FederationPeerOut]:
+        stmt = select(FederationPeer).where(peers.involving(account_id))
+        if status is not None:
+            try:
+                stmt = stmt.where(FederationPeer.status == PeerStatus(status).value)
+            except ValueError:
+                raise InvalidArgument(
+                    f"unknown status {status!r}", hint=f"use one of: {', '.join(s.value for s in PeerStatus)}"
+                ) from None
+        rows = (await session.execute(stmt.order_by(FederationPeer.id))).scalars().all()
+        now = utcnow()
+        return [await peers.to_out(session, p, now=now) for p in rows]
+
+    async def get_peer(self, session: AsyncSession, *, account_id: int, peer_id: int) -> FederationPeerOut:
+        return await peers.to_out(session, await peers.visible(session, account_id, peer_id))
+
+    # -- propose and tokens ----------------------------------------------------------------------
+
+    def _ttl(self, ttl: int | None) -> dt.timedelta:
+        ttl = self.config.token_ttl_default if ttl is None else ttl
+        if not self.config.token_ttl_min <= ttl <= self.config.token_ttl_max:
+            raise InvalidArgument(
+                f"token_ttl_seconds must be between {self.config.token_ttl_min} and "
+                f"{self.config.token_ttl_max}",
+                hint="the default is 86400 (24 h); at most 7 days",
+                token_ttl_seconds=ttl,
+            )
+        return dt.timedelta(seconds=ttl)
+
+    async def propose(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        remote_account: str,
+        remote_prefix_advertisement: str | Sequence[str] | None = None,
+        token_ttl_seconds: int | None = None,
+        actor: str | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> ProposalOut:
+        """Propose federating with `remote_account` (a name); the token is returned here and never again."""
+        now = now or utcnow()
+        ttl = self._ttl(token_ttl_seconds)
+        local = await accounts.by_id(session, account_id)
+        remote = await accounts.by_name(session, remote_account)
+        if remote.id == local.id:
+            raise InvalidArgument(
+                "an account cannot federate with itself",
+                account=local.name,
+                hint="name another account as remote_account",
+            )
+        local_domain, remote_domain = accounts.federation_domain(local), accounts.federation_domain(remote)
+        if accounts.domains_nest(local_domain, remote_domain):
+            raise InvalidArgument(
+                f"federation domains {local_domain!r} and {remote_domain!r} overlap",
+                hint="name constraints cannot separate nested domains; give each account its own",
+            )
+        prefixes = peers.normalize_prefixes(remote_prefix_advertisement)
+        existing = (
+            (
+                await session.execute(
+                    select(FederationPeer).where(
+                        FederationPeer.status != PeerStatus.REVOKED.value,
+                        peers.involving(local.id),
+                        peers.involving(remote.id),
+                    )
+                )
+            )
+            .scalars()
+            .first()
+        )
+        if existing is not None:
+            raise Conflict(
+                f"accounts {local.name!r} and {remote.name!r} already have federation peer "
+                f"{existing.id} ({existing.status})",
+                hint="use it, or revoke it before proposing again",
+                federation_peer_id=existing.id,
+                status=existing.status,
+            )
+        issued = tokens.new_token()
+        peer = FederationPeer(
+            local_account_id=local.id,
+            remote_account_id=remote.id,
+            status=PeerStatus.PROPOSED.value,
+            remote_prefix_advertisement=prefixes,
+            token_id=issued.public_id,
+            token_digest=issued.digest,
+            token_issued_at=now,
+            token_expires_at=now + ttl,
+            proposed_at=now,
+            proposed_by=actor,
+        )
+        session.add(peer)
+        await session.flush()
+        await peers.emit_both(
+            session,
+            peer,
+            "federation.peer_proposed",
+            correlation_id=correlation_id,
+            payload={
+                "local_account": local.name,
+                "remote_account": remote.name,
+                "token_expires_at": (now + ttl).isoformat(),
+            },
+        )
+        return ProposalOut(
+            federation_peer=await peers.to_out(session, peer, now=now),
+            acceptance_token=issued.token,
+            acceptance_token_expires_at=now + ttl,
+        )
+
+    async def regenerate_token(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        token_ttl_seconds: int | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> TokenOut:
+        """Replace a proposal's token (the old one stops working) and reset its failure count and lock."""
+        now = now or utcnow()
+        ttl = self._ttl(token_ttl_seconds)
+        peer = await peers.visible(session, account_id, peer_id)
+        if peer.local_account_id != account_id:
+            raise Conflict(
+                "only the proposing account can regenerate the acceptance token",
+                hint="ask the proposing account's operators",
+                federation_peer_id=peer.id,
+            )
+        if peer.status != PeerStatus.PROPOSED.value:
+            raise Conflict(
+                f"federation peer {peer.id} is {peer.status}; only proposed peers have a token",
+                hint="propose a new federation peer if this one was revoked",
+                federation_peer_id=peer.id,
+                status=peer.status,
+            )
+        issued = tokens.new_token()
+        peer.token_id, peer.token_digest = issued.public_id, issued.digest
+        peer.token_issued_at, peer.token_expires_at = now, now + ttl
+        peer.failed_attempts, peer.locked_until = 0, None
+        await session.flush()
+        await peers.emit_both(
+            session,
+            peer,
+            "federation.token_regenerated",
+            correlation_id=correlation_id,
+            payload={"token_expires_at": (now + ttl).isoformat()},
+        )
+        return TokenOut(
+            federation_peer_id=peer.id, acceptance_token=issued.token, acceptance_token_expires_at=now + ttl
+        )
+
+    async def accept(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        acceptance_token: str,
+        actor: str | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> AcceptOut:
+        """See `federation.accept`: failed attempts raise errors marked `keep_changes`."""
+        return await self.acceptance.accept(
+            session,
+            account_id=account_id,
+            peer_id=peer_id,
+            acceptance_token=acceptance_token,
+            actor=actor,
+            now=now,
+            correlation_id=correlation_id,
+        )
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    async def suspend(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        reason: str,
+        actor: str | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> FederationPeerOut:
+        """Keep the peer but withdraw trust exactly as a revocation does (cross certificates revoked)."""
+        now = now or utcnow()
+        reason = peers.check_reason(reason)
+        peer = await peers.visible(session, account_id, peer_id)
+        peer.status = check_action(peer.status, "suspend", peer_id=peer.id)
+        peer.suspended_at, peer.suspended_reason = now, reason
+        serials = await self.authorities.withdraw_trust(session, peer, reason=f"suspended: {reason}", now=now)
+        await peers.emit_both(
+            session,
+            peer,
+            "federation.peer_suspended",
+            severity="medium",
+            payload={"reason": reason, "by": actor, "revoked_serials": serials},
+            correlation_id=correlation_id,
+        )
+        return await peers.to_out(session, peer, now=now)
+
+    async def resume(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        reason: str,
+        actor: str | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> FederationPeerOut:
+        """Back to `accepted` with fresh cross certificates; a verified handshake makes it active again."""
+        now = now or utcnow()
+        reason = peers.check_reason(reason)
+        peer = await peers.visible(session, account_id, peer_id)
+        peer.status = check_action(peer.status, "resume", peer_id=peer.id)
+        peer.trusted_since = now
+        peer.suspended_at = peer.suspended_reason = None
+        await session.flush()
+        cross = await self.authorities.cross_sign_pair(session, peer, now=now, correlation_id=correlation_id)
+        await peers.emit_both(
+            session,
+            peer,
+            "federation.peer_resumed",
+            correlation_id=correlation_id,
+            payload={"reason": reason, "by": actor, "cross_serials": [c.serial for c in cross]},
+        )
+        return await peers.to_out(session, peer, now=now)
+
+    async def revoke(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        reason: str,
+        actor: str | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> FederationPeerOut:
+        """Terminal, from either side: cross certs leave both bundles and go on the signing roots' CRLs."""
+        now = now or utcnow()
+        reason = peers.check_reason(reason)
+        peer = await peers.visible(session, account_id, peer_id)
+        peer.status = check_action(peer.status, "revoke", peer_id=peer.id)
+        peer.token_digest = None
+        peer.revoked_at, peer.revoked_reason, peer.revoked_by = now, reason, actor
+        serials = await self.authorities.withdraw_trust(session, peer, reason=f"revoked: {reason}", now=now)
+        await peers.emit_both(
+            session,
+            peer,
+            "federation.peer_revoked",
+            severity="medium",
+            payload={"reason": reason, "by": actor, "revoked_serials": serials},
+            correlation_id=correlation_id,
+        )
+        return await peers.to_out(session, peer, now=now)
+
+    async def verify_handshake(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> HandshakeOut:
+        return await self.verifier.verify(
+            session, account_id=account_id, peer_id=peer_id, now=now, correlation_id=correlation_id
+        )
+
+    # -- governance and renewal ------------------------------------------------------------------
+
+    async def scan(
+        self, session: AsyncSession, *, account_id: int, now: dt.datetime | None = None
+    ) -> ScanOut:
+        """Governance findings for every peer the account is a side of."""
+        now = now or utcnow()
+        rows = (
+            (
+                await session.execute(
+                    select(FederationPeer).where(peers.involving(account_id)).order_by(FederationPeer.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        ids = [p.id for p in rows]
+        certs = (
+            (
+                await session.execute(
+                    select(IssuedCertificate).where(
+                        IssuedCertificate.kind == "cross", IssuedCertificate.peer_id.in_(ids)
+                    )
+                )
+            )
+            .scalars()
+            .all()
+            if ids
+            else []
+        )
+        account_ids = {account_id} | {p.local_account_id for p in rows} | {p.remote_account_id for p in rows}
+        accts = (
+            await session.execute(
+                select(Account.id, Account.name, Account.federation_domain).where(Account.id.in_(account_ids))
+            )
+        ).all()
+        failures = await self.acceptance.account_failures(session, account_id, now)
+        findings = governance.scan_peers(
+            rows,
+            certs,
+            now=now,
+            account_names={i: n for i, n, _ in accts},
+            account_domains={i: d for i, _, d in accts},
+            account_failures={account_id: failures},
+            thresholds=self.config.scan,
+        )
+        return ScanOut(
+            findings=findings,
+            finding_count=len(findings),
+            severity_summary=governance.severity_summary(findings),
+        )
+
+    async def renew_cross_certificates(self, session: AsyncSession, now: dt.datetime | None = None) -> int:
+        """Scheduler job: re-sign cross certificates past half their life while their peer is trusted, and
+        re-sign CRLs past half theirs. Returns how many cross certificates were renewed."""
+        now = now or utcnow()
+        due = (
+            (
+                await session.execute(
+                    select(IssuedCertificate)
+                    .join(FederationPeer, FederationPeer.id == IssuedCertificate.peer_id)
+                    .where(
+                        IssuedCertificate.kind == "cross",
+                        IssuedCertificate.revoked_at.is_(None),
+                        IssuedCertificate.superseded_at.is_(None),
+                        IssuedCertificate.not_after <= now + self.config.renew_when_left,
+                        FederationPeer.status.in_([s.value for s in TRUSTED_STATUSES]),
+                    )
+                    .order_by(IssuedCertificate.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        touched: set[int] = set()
+        for old in due:
+            peer = await session.get(FederationPeer, old.peer_id)
+            assert peer is not None and old.subject_account_id is not None
+            new = await self.authorities.cross_sign(
+                session, signer_id=old.account_id, subject_id=old.subject_account_id, peer=peer, now=now
+            )
+            old.superseded_at = now
+            if old.account_id == peer.local_account_id:
+                peer.local_cross_serial = new.serial
+            else:
+                peer.remote_cross_serial = new.serial
+            touched.add(old.account_id)
+            await session.flush()
+            await peers.emit_both(
+                session,
+                peer,
+                "federation.cross_certificate_renewed",
+                payload={
+                    "old_serial": old.serial,
+                    "new_serial": new.serial,
+                    "not_after": new.not_after.isoformat(),
+                },
+            )
+        for account_id in sorted(touched):
+            await self.authorities.refresh_bundle(session, account_id)
+        for ca in (await session.execute(select(CertificateAuthority))).scalars().all():
+            await self.authorities.refresh_stale_crls(session, ca, now)
+        return len(due)

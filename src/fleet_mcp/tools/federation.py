@@ -1,0 +1,411 @@
+"""SD-WAN federation tools: propose/accept peers with one-time tokens, verify mTLS, suspend/resume/revoke,
+scan, node certificates and trust bundles. Thin: each validates, calls the federation service, shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from fleet_mcp.context import ToolContext
+from fleet_mcp.errors import ExternalError
+from fleet_mcp.federation.config import FederationConfig
+from fleet_mcp.federation.schemas import (
+    AcceptOut,
+    FederationPeerOut,
+    HandshakeOut,
+    NodeCertificateOut,
+    ProposalOut,
+    ScanOut,
+    TokenOut,
+    TrustBundleOut,
+)
+from fleet_mcp.federation.service import FederationService
+from fleet_mcp.registry import tool
+
+FEDERATION: dict[str, Any] = {"toolset": "federation"}
+MANAGE = "sdwan.federation.manage"
+READ = "sdwan.federation.read"
+TTL_DESCRIPTION = "How long the acceptance token stays valid, in seconds (default 24 h, at most 7 days)."
+
+
+def service(ctx: ToolContext) -> FederationService:
+    """The federation service over the app's transit backend (CA keys are sealed credentials)."""
+    if ctx.app.transit is None:
+        raise ExternalError(
+            "no transit backend is configured, so CA keys cannot be sealed",
+            hint="start the server with the local transit (default) or FLEET_MCP_TRANSIT=vault",
+        )
+    from fleet_mcp.vault.credentials import CredentialKeySealer
+
+    return FederationService(
+        CredentialKeySealer(ctx.app.transit), FederationConfig.from_settings(ctx.app.settings)
+    )
+
+
+def _who(ctx: ToolContext) -> dict[str, Any]:
+    return {"account_id": ctx.principal.account_id, "correlation_id": ctx.call_id}
+
+
+# -- inputs --------------------------------------------------------------------------------------
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PeerIdArgs(_Args):
+    federation_peer_id: int = Field(description="Id of the federation peer.", ge=1)
+
+
+class ReasonArgs(PeerIdArgs):
+    reason: str = Field(
+        description="Why (kept on the peer and in the audit log).", min_length=1, max_length=500
+    )
+
+
+class ProposeArgs(_Args):
+    remote_account: str = Field(
+        description="Name of the account to federate with.", min_length=1, max_length=120
+    )
+    remote_prefix_advertisement: str | list[str] | None = Field(
+        default=None,
+        description="CIDR prefixes the remote side is expected to advertise (list or comma list).",
+    )
+    token_ttl_seconds: int = Field(default=86_400, ge=60, le=7 * 86_400, description=TTL_DESCRIPTION)
+
+
+class AcceptArgs(PeerIdArgs):
+    acceptance_token: SecretStr = Field(
+        description="The one-time token the proposing account handed over.", min_length=1, max_length=200
+    )
+
+
+class RegenerateArgs(PeerIdArgs):
+    token_ttl_seconds: int = Field(default=86_400, ge=60, le=7 * 86_400, description=TTL_DESCRIPTION)
+
+
+class ListArgs(_Args):
+    status: Literal["proposed", "accepted", "active", "suspended", "revoked"] | None = Field(
+        default=None, description="Only peers in this status."
+    )
+
+
+class NoArgs(_Args):
+    pass
+
+
+class IssueArgs(_Args):
+    node_name: str = Field(
+        description="A DNS label (placed under the account's federation domain) or a full "
+        "name already under it.",
+        min_length=1,
+        max_length=253,
+    )
+    csr_pem: str | None = Field(
+        default=None,
+        max_length=16_384,
+        description="PEM CSR of the node's own key; "
+        "without it the server generates a key and returns it once.",
+    )
+
+
+class BundleArgs(_Args):
+    include_crls: bool = Field(
+        default=False,
+        description="Also return the CRLs a verifier needs (load them with VERIFY_CRL_CHECK_CHAIN).",
+    )
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+
+class PeerOut(BaseModel):
+    federation_peer: FederationPeerOut
+
+
+class PeersOut(BaseModel):
+    federation_peers: list[FederationPeerOut]
+    count: int
+
+
+# -- approval summaries --------------------------------------------------------------------------
+
+
+async def _peer_summary(ctx: ToolContext, peer_id: int, verb: str, extra: str = "") -> str:
+    peer = await service(ctx).get_peer(ctx.session, account_id=ctx.principal.account_id, peer_id=peer_id)
+    return (
+        f"{verb} federation peer {peer.id} ({peer.local_account} → {peer.remote_account}, now {peer.status})"
+        f"{extra}"
+    )
+
+
+async def _propose_summary(ctx: ToolContext, args: ProposeArgs) -> str:
+    prefixes = args.remote_prefix_advertisement
+    shown = ", ".join(prefixes) if isinstance(prefixes, list) else (prefixes or "none")
+    return (
+        f"Propose federating {ctx.principal.account_name} with {args.remote_account} (expected prefixes: "
+        f"{shown}); a one-time acceptance token valid {args.token_ttl_seconds} s is returned once."
+    )
+
+
+async def _accept_summary(ctx: ToolContext, args: AcceptArgs) -> str:
+    return await _peer_summary(
+        ctx,
+        args.federation_peer_id,
+        "Accept",
+        "; both roots cross-sign the other's intermediate (name-constrained).",
+    )
+
+
+async def _regenerate_summary(ctx: ToolContext, args: RegenerateArgs) -> str:
+    return await _peer_summary(
+        ctx,
+        args.federation_peer_id,
+        "Replace the acceptance token of",
+        f"; the new token is valid {args.token_ttl_seconds} s.",
+    )
+
+
+async def _suspend_summary(ctx: ToolContext, args: ReasonArgs) -> str:
+    return await _peer_summary(
+        ctx,
+        args.federation_peer_id,
+        "Suspend",
+        f" — trust is withdrawn from both bundles. Reason: {args.reason}",
+    )
+
+
+async def _resume_summary(ctx: ToolContext, args: ReasonArgs) -> str:
+    return await _peer_summary(
+        ctx,
+        args.federation_peer_id,
+        "Resume",
+        f" — fresh cross certificates are issued. Reason: {args.reason}",
+    )
+
+
+async def _revoke_summary(ctx: ToolContext, args: ReasonArgs) -> str:
+    return await _peer_summary(
+        ctx,
+        args.federation_peer_id,
+        "Revoke (terminal)",
+        f" — cross certificates leave both bundles and go on the CRLs. Reason: {args.reason}",
+    )
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+
+@tool(
+    name="system_sdwan_propose_federation_peer",
+    title="Propose a federation peer",
+    permission=MANAGE,
+    summary=_propose_summary,
+    **FEDERATION,
+)
+async def propose_federation_peer(ctx: ToolContext, args: ProposeArgs) -> ProposalOut:
+    """Propose federating this account with another account; returns the one-time acceptance token.
+
+    The token (a public id and a 256-bit secret) is shown only in this result and stored only as a SHA-256
+    digest. Hand it to the remote account's operators out of band; they accept with
+    system_sdwan_accept_federation_peer before it expires."""
+    return await service(ctx).propose(
+        ctx.session,
+        remote_account=args.remote_account,
+        remote_prefix_advertisement=args.remote_prefix_advertisement,
+        token_ttl_seconds=args.token_ttl_seconds,
+        actor=ctx.principal.qualified,
+        **_who(ctx),
+    )
+
+
+@tool(
+    name="system_sdwan_accept_federation_peer",
+    title="Accept a federation peer",
+    permission=MANAGE,
+    summary=_accept_summary,
+    **FEDERATION,
+)
+async def accept_federation_peer(ctx: ToolContext, args: AcceptArgs) -> AcceptOut:
+    """Accept a federation proposal addressed to this account with its one-time token.
+
+    On success each account's root cross-signs the other's intermediate, limited by a DNS name constraint
+    to the other's federation domain, and both trust bundles change. A wrong, unknown, used or expired token
+    is refused; repeated failures lock accepting for a while and eventually cancel the proposal."""
+    return await service(ctx).accept(
+        ctx.session,
+        peer_id=args.federation_peer_id,
+        acceptance_token=args.acceptance_token.get_secret_value(),
+        actor=ctx.principal.qualified,
+        **_who(ctx),
+    )
+
+
+@tool(
+    name="system_sdwan_regenerate_acceptance_token",
+    title="Regenerate an acceptance token",
+    permission=MANAGE,
+    summary=_regenerate_summary,
+    **FEDERATION,
+)
+async def regenerate_acceptance_token(ctx: ToolContext, args: RegenerateArgs) -> TokenOut:
+    """Replace the acceptance token of a proposal this account made; the previous token stops working."""
+    return await service(ctx).regenerate_token(
+        ctx.session, peer_id=args.federation_peer_id, token_ttl_seconds=args.token_ttl_seconds, **_who(ctx)
+    )
+
+
+@tool(
+    name="system_sdwan_list_federation_peers",
+    title="List federation peers",
+    permission=READ,
+    read_only=True,
+    idempotent=True,
+    **FEDERATION,
+)
+async def list_federation_peers(ctx: ToolContext, args: ListArgs) -> PeersOut:
+    """Federation peers this account proposed or was proposed to, with status and cross certificates."""
+    peers = await service(ctx).list_peers(
+        ctx.session, account_id=ctx.principal.account_id, status=args.status
+    )
+    return PeersOut(federation_peers=peers, count=len(peers))
+
+
+@tool(
+    name="system_sdwan_get_federation_peer",
+    title="Get a federation peer",
+    permission=READ,
+    read_only=True,
+    idempotent=True,
+    **FEDERATION,
+)
+async def get_federation_peer(ctx: ToolContext, args: PeerIdArgs) -> PeerOut:
+    """One federation peer: status, allowed transitions, timestamps and cross certificates (never a token)."""
+    peer = await service(ctx).get_peer(
+        ctx.session, account_id=ctx.principal.account_id, peer_id=args.federation_peer_id
+    )
+    return PeerOut(federation_peer=peer)
+
+
+@tool(
+    name="system_sdwan_verify_federation_handshake",
+    title="Verify a federation handshake",
+    permission=MANAGE,
+    **FEDERATION,
+)
+async def verify_federation_handshake(ctx: ToolContext, args: PeerIdArgs) -> HandshakeOut:
+    """Run a real mutual-TLS handshake over loopback between fresh nodes of both accounts, in both directions.
+
+    Each side trusts only its own bundle. Success makes an accepted peer active; a failure names the
+    direction and the reason (e.g. certificate verify failed)."""
+    return await service(ctx).verify_handshake(ctx.session, peer_id=args.federation_peer_id, **_who(ctx))
+
+
+@tool(
+    name="system_sdwan_suspend_federation_peer",
+    title="Suspend a federation peer",
+    permission=MANAGE,
+    summary=_suspend_summary,
+    **FEDERATION,
+)
+async def suspend_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
+    """Suspend an accepted or active peer: its cross certificates are revoked and leave both bundles."""
+    peer = await service(ctx).suspend(
+        ctx.session,
+        peer_id=args.federation_peer_id,
+        reason=args.reason,
+        actor=ctx.principal.qualified,
+        **_who(ctx),
+    )
+    return PeerOut(federation_peer=peer)
+
+
+@tool(
+    name="system_sdwan_resume_federation_peer",
+    title="Resume a federation peer",
+    permission=MANAGE,
+    summary=_resume_summary,
+    **FEDERATION,
+)
+async def resume_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
+    """Resume a suspended peer with fresh cross certificates (accepted; verify the handshake to activate)."""
+    peer = await service(ctx).resume(
+        ctx.session,
+        peer_id=args.federation_peer_id,
+        reason=args.reason,
+        actor=ctx.principal.qualified,
+        **_who(ctx),
+    )
+    return PeerOut(federation_peer=peer)
+
+
+@tool(
+    name="system_sdwan_revoke_federation_peer",
+    title="Revoke a federation peer",
+    permission=MANAGE,
+    destructive=True,
+    summary=_revoke_summary,
+    **FEDERATION,
+)
+async def revoke_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
+    """Revoke a federation peer for good, from either side.
+
+    Cross certificates leave both trust bundles (their versions change) and their serials go on the signing
+    roots' CRLs; handshakes between the accounts fail from then on."""
+    peer = await service(ctx).revoke(
+        ctx.session,
+        peer_id=args.federation_peer_id,
+        reason=args.reason,
+        actor=ctx.principal.qualified,
+        **_who(ctx),
+    )
+    return PeerOut(federation_peer=peer)
+
+
+@tool(
+    name="system_sdwan_federation_scan",
+    title="Scan federation governance",
+    permission=READ,
+    read_only=True,
+    idempotent=True,
+    **FEDERATION,
+)
+async def federation_scan(ctx: ToolContext, args: NoArgs) -> ScanOut:
+    """Findings that need an operator: stale proposals, expired tokens, missing handshakes, expiring or
+    unconstrained cross certificates, revoked peers still trusted, failed-accept spikes, prefix overlaps."""
+    return await service(ctx).scan(ctx.session, account_id=ctx.principal.account_id)
+
+
+@tool(
+    name="system_sdwan_issue_node_certificate",
+    title="Issue a node certificate",
+    permission=MANAGE,
+    **FEDERATION,
+)
+async def issue_node_certificate(ctx: ToolContext, args: IssueArgs) -> NodeCertificateOut:
+    """Issue a short-lived node certificate (serverAuth + clientAuth) under the account's federation domain.
+
+    From a CSR, or with a server-generated key returned once in private_key_pem (never stored). Nodes
+    present chain_pem ([leaf, intermediate]) and trust the bundle from system_sdwan_get_trust_bundle."""
+    return await service(ctx).issue_node_certificate(
+        ctx.session, node_name=args.node_name, csr_pem=args.csr_pem, **_who(ctx)
+    )
+
+
+@tool(
+    name="system_sdwan_get_trust_bundle",
+    title="Get the trust bundle",
+    permission=READ,
+    read_only=True,
+    idempotent=True,
+    **FEDERATION,
+)
+async def get_trust_bundle(ctx: ToolContext, args: BundleArgs) -> TrustBundleOut:
+    """What this account's nodes trust: its own root plus the cross certificates its own root signed.
+
+    bundle_version changes whenever the bundle does; reload TLS contexts then (a kept context does not
+    forget a removed CA)."""
+    return await service(ctx).trust_bundle(
+        ctx.session, account_id=ctx.principal.account_id, include_crls=args.include_crls
+    )
