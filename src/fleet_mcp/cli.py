@@ -20,9 +20,10 @@ log = logging.getLogger("fleet_mcp")
 def _configure_logging(settings: Settings, stderr_only: bool = True) -> None:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Drivers echo bound SQL parameters (digests, ciphertexts) at DEBUG: never let them.
-    for noisy in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "hvac", "urllib3", "git"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger(noisy).level))
+    # Drivers echo SQL with bound parameters (digests, ciphertexts): keep them at WARNING whatever
+    # the root level is.
+    for noisy in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool", "hvac", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:

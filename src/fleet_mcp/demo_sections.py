@@ -1,7 +1,10 @@
-"""Demo sections of the three capabilities (GitOps, federation, vault), run in order by `fleet-mcp demo`."""
+"""Demo sections of the three capabilities, run in order by `fleet-mcp demo` after the core section.
+Each takes the Demo and the connected clients (alice/bob/root in acme, gina in globex) as keywords."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-SECTIONS: list[Callable[..., Awaitable[None]]] = []
+from fleet_mcp.federation.demo import federation_section
+
+SECTIONS: list[Callable[..., Awaitable[None]]] = [federation_section]
