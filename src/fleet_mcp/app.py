@@ -73,21 +73,16 @@ class App:
         return PolicyHolder(self.settings.policy, catalog())
 
     async def _build_transit(self) -> Any:
-        try:
-            from fleet_mcp.vault.transit import build_transit
-        except ImportError:  # TODO(lead): strict once the vault package lands
-            return None
+        from fleet_mcp.vault.transit import build_transit
+
         assert self.sessionmaker is not None
         backend = build_transit(self.settings, self.sessionmaker)
-        if hasattr(backend, "ensure_key"):
-            await backend.ensure_key()
+        await backend.ensure_key()
         return backend
 
     async def close(self) -> None:
-        if self.transit is not None and hasattr(self.transit, "close"):
-            res = self.transit.close()
-            if hasattr(res, "__await__"):
-                await res
+        if self.transit is not None:
+            await self.transit.close()
         if self.engine is not None:
             await self.engine.dispose()
         self._started = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +19,17 @@ from fleet_mcp.db.models import AuditEntry, AuditHead
 
 GENESIS = "0" * 64
 MASK = "***"
-_SECRET_KEY_PARTS = ("secret", "token", "password", "passphrase", "private_key", "ciphertext", "api_key",
-                     "credential_value", "master_key")
+# A key names a secret when its last word is one of these (acceptance_token, vault_token, password,
+# private_key…); `token_ttl_seconds` or `credential` (a reference by name) are not secrets.
+_SECRET_KEY = re.compile(
+    r"(?:^|[_-])(?:secret|secret_id|token|password|passwd|passphrase|private_key|privatekey|ciphertext|"
+    r"api_key|apikey|master_key|plaintext)$",
+    re.IGNORECASE,
+)
 
 
 def is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return any(part in k for part in _SECRET_KEY_PARTS)
+    return bool(_SECRET_KEY.search(key))
 
 
 def mask(value: Any, key: str | None = None) -> Any:

@@ -24,6 +24,8 @@ class ToolContext:
     principal: Caller
     call_id: str
     approval_id: str | None = None
+    #: What the tool's `prepare` step produced before the unit of work opened (None without one).
+    prepared: Any = None
     _progress: ProgressFn | None = field(default=None, repr=False)
 
     async def report_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:

@@ -6,5 +6,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fleet_mcp.federation.demo import federation_section
+from fleet_mcp.gitops.demo import gitops_section
 
-SECTIONS: list[Callable[..., Awaitable[None]]] = [federation_section]
+SECTIONS: list[Callable[..., Awaitable[None]]] = [gitops_section, federation_section]

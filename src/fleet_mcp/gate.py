@@ -235,12 +235,21 @@ class Gate:
     ) -> CallOutcome:
         """Run the handler in one unit of work; its audit row commits with it (or alone, after rollback)."""
         assert self.app.sessionmaker is not None
+        prepared = await spec.prepare(self.app, caller, args) if spec.prepare is not None else None
         if session is None:
             async with self.app.sessionmaker() as own, own.begin():
-                return await self._run(spec, caller, args, decision=decision, t0=t0, progress=progress,
-                                       session=own, approval_id=approval_id)
+                return await self._run_in(spec, caller, args, decision=decision, t0=t0, progress=progress,
+                                          session=own, approval_id=approval_id, prepared=prepared)
+        return await self._run_in(spec, caller, args, decision=decision, t0=t0, progress=progress,
+                                  session=session, approval_id=approval_id, prepared=prepared)
+
+    async def _run_in(
+        self, spec: ToolSpec, caller: Caller, args: BaseModel, *, decision: str, t0: float,
+        progress: ProgressFn | None, session: AsyncSession, approval_id: str | None, prepared: Any,
+    ) -> CallOutcome:
         call_id = uuid.uuid4().hex[:16]
-        ctx = ToolContext(self.app, session, caller, call_id, approval_id=approval_id, _progress=progress)
+        ctx = ToolContext(self.app, session, caller, call_id, approval_id=approval_id, prepared=prepared,
+                          _progress=progress)
         outcome: CallOutcome
         try:
             savepoint = await session.begin_nested()

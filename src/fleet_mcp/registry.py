@@ -13,12 +13,17 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from fleet_mcp.app import App
     from fleet_mcp.context import ToolContext
+    from fleet_mcp.principals import Caller
 
 TOOLSETS = ("fleet", "gitops", "federation", "vault", "approvals", "audit")
 
 Handler = Callable[["ToolContext", Any], Awaitable[BaseModel]]
 Summary = Callable[["ToolContext", Any], Awaitable[str]]
+#: Slow outside work (a git fetch) done before the unit of work opens, so no database lock is held
+#: while it runs; the handler finds its result in `ctx.prepared`.
+Prepare = Callable[["App", "Caller", Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class ToolSpec:
     open_world: bool
     handler: Handler
     summary: Summary | None = None
+    prepare: Prepare | None = None
 
     @property
     def annotations(self) -> ToolAnnotations:
@@ -89,6 +95,7 @@ def tool(
     idempotent: bool = False,
     open_world: bool = False,
     summary: Summary | None = None,
+    prepare: Prepare | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare a tool. The handler's docstring is its description; its annotations give the models."""
     if not name.startswith("system_"):
@@ -129,6 +136,7 @@ def tool(
             open_world=open_world,
             handler=fn,
             summary=summary,
+            prepare=prepare,
         )
         return fn
 

@@ -7,8 +7,4 @@ import importlib
 TOOL_MODULES = ("fleet", "admin", "approvals", "gitops", "federation", "vault")
 
 for _name in TOOL_MODULES:
-    try:
-        importlib.import_module(f"fleet_mcp.tools.{_name}")
-    except ModuleNotFoundError as exc:  # TODO(lead): strict once every area has landed
-        if exc.name != f"fleet_mcp.tools.{_name}":
-            raise
+    importlib.import_module(f"fleet_mcp.tools.{_name}")
