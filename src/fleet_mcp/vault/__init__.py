@@ -1,0 +1,1 @@
+"""Vault: the transit (pepper) backends, the credential store and pepper rotation."""

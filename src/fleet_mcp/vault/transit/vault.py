@@ -1,0 +1,319 @@
+"""The HashiCorp Vault / OpenBao transit backend over hvac: one client per thread, bounded retries,
+batch rewrap that inspects every item and halves the batch when the server finds the JSON too complex."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import hvac
+import hvac.exceptions as hx
+import requests
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleet_mcp.errors import ExternalError, InvalidArgument, NotFound, PermissionDenied
+from fleet_mcp.vault.transit.base import KeyInfo, TransitBackend, TransitItemError, TransitUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    hx.RateLimitExceeded,  # 429
+    hx.InternalServerError,  # 500
+    hx.BadGateway,  # 502
+    hx.VaultDown,  # 503 (also: sealed, standby without forwarding)
+    hx.PreconditionFailed,  # 412: a performance standby has not caught up yet
+    hx.UnexpectedError,  # any other status
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+)
+_TOO_COMPLEX = "refused JSON input due to high complexity"
+
+
+class _TooComplex(Exception):
+    pass
+
+
+def _vault_message(exc: BaseException) -> str:
+    """hvac's message without the request URL suffix (which is noise in an error for a human)."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e) for e in errors)
+    text = str(exc)
+    return text.split(", on ", 1)[0] if ", on " in text else text
+
+
+class VaultTransit(TransitBackend):
+    kind = "vault"
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        token: str | None = None,
+        role_id: str | None = None,
+        secret_id: str | None = None,
+        approle_mount: str = "approle",
+        namespace: str | None = None,
+        cacert: str | None = None,
+        skip_verify: bool = False,
+        mount: str = "transit",
+        key_name: str = "fleet-pepper",
+        batch_size: int = 250,
+        timeout: float = 30.0,
+        max_attempts: int = 6,
+        backoff: float = 0.25,
+        backoff_max: float = 8.0,
+    ) -> None:
+        if not addr:
+            raise InvalidArgument("the vault transit backend needs an address", hint="set VAULT_ADDR")
+        if not token and not (role_id and secret_id):
+            raise InvalidArgument(
+                "the vault transit backend needs a token or an AppRole role_id + secret_id",
+                hint="set VAULT_TOKEN, or FLEET_MCP_VAULT_ROLE_ID and FLEET_MCP_VAULT_SECRET_ID",
+            )
+        self.addr = addr.rstrip("/")
+        self.key_name = key_name
+        self.mount = mount.strip("/")
+        self.batch_size = max(1, batch_size)
+        self._token = token
+        self._role_id = role_id
+        self._secret_id = secret_id
+        self._approle_mount = approle_mount
+        self._namespace = namespace
+        self._verify: bool | str = cacert if cacert else not skip_verify
+        self._timeout = timeout
+        self._max_attempts = max(1, max_attempts)
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+        self._local = threading.local()
+        self._clients: list[hvac.Client] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        auth = "approle" if self._role_id else "token"
+        return f"VaultTransit(addr={self.addr!r}, mount={self.mount!r}, key={self.key_name!r}, auth={auth})"
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _client(self) -> hvac.Client:
+        client: hvac.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = hvac.Client(
+                url=self.addr,
+                token=self._token,
+                verify=self._verify,
+                timeout=self._timeout,
+                namespace=self._namespace,
+            )
+            if self._role_id and self._secret_id:
+                self._login(client)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _login(self, client: hvac.Client) -> None:
+        client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id, mount_point=self._approle_mount)
+
+    def _invoke(self, fn: Callable[[hvac.Client], T]) -> T:
+        client = self._client()
+        try:
+            return fn(client)
+        except hx.Forbidden:
+            if not self._role_id:
+                raise
+            self._login(client)  # the AppRole token may have expired: log in again once
+            return fn(client)
+
+    async def _call(self, what: str, fn: Callable[[hvac.Client], T]) -> T:
+        """Run one hvac call on a worker thread; retry server-side and connection failures with backoff."""
+        delay = self._backoff
+        last: BaseException | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return await anyio.to_thread.run_sync(self._invoke, fn)
+            except hx.InvalidRequest as exc:
+                if _TOO_COMPLEX in str(exc):
+                    raise _TooComplex() from None
+                raise InvalidArgument(f"Vault refused {what}: {_vault_message(exc)}", key=self.key_name) from None
+            except hx.Forbidden:
+                raise PermissionDenied(
+                    f"Vault denied {what} on {self.mount}/keys/{self.key_name}",
+                    hint="check the token's (or AppRole's) policy for the transit key",
+                ) from None
+            except hx.Unauthorized:
+                raise ExternalError(
+                    f"Vault rejected the credentials for {what}",
+                    hint="check VAULT_TOKEN or the AppRole settings",
+                ) from None
+            except hx.InvalidPath:
+                raise NotFound(
+                    f"Vault has no transit key {self.key_name!r} at mount {self.mount!r} ({what})",
+                    hint="enable the transit engine at that mount and call ensure_key()",
+                    key=self.key_name,
+                ) from None
+            except _RETRYABLE as exc:
+                last = exc
+                if attempt == self._max_attempts:
+                    break
+                log.warning(
+                    "vault %s failed (attempt %d/%d): %s",
+                    what,
+                    attempt,
+                    self._max_attempts,
+                    type(exc).__name__,
+                )
+                await anyio.sleep(min(delay, self._backoff_max) * random.uniform(0.5, 1.0))
+                delay *= 2
+        reason = _vault_message(last) if isinstance(last, hx.VaultError) else type(last).__name__
+        raise TransitUnavailable(
+            f"Vault at {self.addr} is unreachable or failing ({what}: {reason}) after {self._max_attempts} attempts",
+            hint="check that Vault/OpenBao is running, unsealed and reachable; then retry or resume the job",
+            addr=self.addr,
+        )
+
+    def _path(self, action: str) -> str:
+        return f"/v1/{self.mount}/{action}/{self.key_name}"
+
+    # -- key management ----------------------------------------------------------------------------
+    async def ensure_key(self) -> KeyInfo:
+        try:
+            return await self.read_key()
+        except NotFound:
+            pass
+        await self._call(
+            "create key",
+            lambda c: c.adapter.post(f"/v1/{self.mount}/keys/{self.key_name}", json={"type": "aes256-gcm96"}),
+        )
+        return await self.read_key()
+
+    async def read_key(self) -> KeyInfo:
+        resp: Any = await self._call("read key", lambda c: c.adapter.get(f"/v1/{self.mount}/keys/{self.key_name}"))
+        return _key_info(self.key_name, resp)
+
+    async def rotate(self) -> int:
+        await self._call("rotate", lambda c: c.adapter.post(f"/v1/{self.mount}/keys/{self.key_name}/rotate"))
+        return (await self.read_key()).latest_version
+
+    async def set_min_versions(
+        self,
+        *,
+        min_decryption: int | None = None,
+        min_encryption: int | None = None,
+        session: AsyncSession | None = None,
+    ) -> KeyInfo:
+        body: dict[str, int] = {}
+        if min_decryption is not None:
+            body["min_decryption_version"] = min_decryption
+        if min_encryption is not None:
+            body["min_encryption_version"] = min_encryption
+        if body:
+            # hvac's own parameter check wrongly refuses min_encryption == min_decryption: post directly.
+            await self._call(
+                "update key config",
+                lambda c: c.adapter.post(f"/v1/{self.mount}/keys/{self.key_name}/config", json=body),
+            )
+        return await self.read_key()
+
+    async def trim(self, min_available_version: int, *, session: AsyncSession | None = None) -> KeyInfo:
+        await self._call(
+            "trim",
+            lambda c: c.adapter.post(
+                f"/v1/{self.mount}/keys/{self.key_name}/trim",
+                json={"min_available_version": min_available_version},
+            ),
+        )
+        return await self.read_key()
+
+    # -- data --------------------------------------------------------------------------------------
+    async def _batched(
+        self, what: str, items: list[dict[str, str]], action: str, *, fail_400_per_item: bool
+    ) -> list[dict[str, Any]]:
+        """POST items in chunks of `batch_size`; halve the chunk when the server finds it too complex."""
+        out: list[dict[str, Any]] = []
+        i = 0
+        while i < len(items):
+            chunk = items[i : i + self.batch_size]
+            try:
+                results = await self._call(
+                    what, lambda c, chunk=chunk: _post_batch(c, self._path(action), chunk, fail_400_per_item)
+                )
+            except _TooComplex:
+                if self.batch_size == 1:
+                    raise InvalidArgument(f"Vault refused a single-item {what} as too complex") from None
+                self.batch_size = max(1, self.batch_size // 2)
+                log.info("vault %s: batch too complex, halving to %d", what, self.batch_size)
+                continue
+            if len(results) != len(chunk):
+                raise ExternalError(f"Vault answered {len(results)} results for {len(chunk)} {what} items")
+            out.extend(results)
+            i += len(chunk)
+        return out
+
+    async def encrypt_batch(self, plaintexts: Sequence[bytes]) -> list[str]:
+        import base64
+
+        items = [{"plaintext": base64.b64encode(bytes(p)).decode("ascii")} for p in plaintexts]
+        results = await self._batched("encrypt", items, "encrypt", fail_400_per_item=True)
+        out: list[str] = []
+        for r in results:
+            if r.get("error"):
+                raise ExternalError(f"Vault refused to encrypt an item: {r['error']}", key=self.key_name)
+            out.append(r["ciphertext"])
+        return out
+
+    async def decrypt_batch(self, ciphertexts: Sequence[str]) -> list[bytes | TransitItemError]:
+        import base64
+
+        items = [{"ciphertext": c} for c in ciphertexts]
+        results = await self._batched("decrypt", items, "decrypt", fail_400_per_item=True)
+        return [
+            TransitItemError(str(r["error"])) if r.get("error") else base64.b64decode(r.get("plaintext") or "")
+            for r in results
+        ]
+
+    async def rewrap_batch(self, ciphertexts: Sequence[str]) -> list[str | TransitItemError]:
+        items = [{"ciphertext": c} for c in ciphertexts]
+        # Rewrap answers 200 even when items fail: every item's `error` must be looked at.
+        results = await self._batched("rewrap", items, "rewrap", fail_400_per_item=True)
+        return [TransitItemError(str(r["error"])) if r.get("error") else str(r["ciphertext"]) for r in results]
+
+    async def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            try:
+                c.adapter.close()
+            except Exception:  # noqa: BLE001, S110 - closing is best effort
+                pass
+
+
+def _post_batch(
+    client: hvac.Client, path: str, chunk: list[dict[str, str]], per_item_400: bool
+) -> list[dict[str, Any]]:
+    try:
+        resp: Any = client.adapter.post(path, json={"batch_input": chunk})
+    except hx.InvalidRequest as exc:
+        # Batch encrypt/decrypt answer 400 when any item fails; the per-item results are in the body.
+        body = getattr(exc, "json", None)
+        results = (body or {}).get("data", {}).get("batch_results") if isinstance(body, dict) else None
+        if per_item_400 and isinstance(results, list) and len(results) == len(chunk):
+            return results
+        raise
+    return list(resp["data"]["batch_results"])
+
+
+def _key_info(name: str, resp: Any) -> KeyInfo:
+    data = resp["data"]
+    return KeyInfo(
+        name=name,
+        latest_version=int(data["latest_version"]),
+        min_decryption_version=int(data["min_decryption_version"]),
+        min_encryption_version=int(data.get("min_encryption_version") or 0),
+        min_available_version=int(data.get("min_available_version") or 0),
+        versions=sorted(int(k) for k in (data.get("keys") or {})),
+    )

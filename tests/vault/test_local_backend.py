@@ -1,0 +1,112 @@
+"""The embedded backend's own promises: the master key file, wrapped key versions, several processes."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from fleet_mcp.errors import ExternalError, InvalidArgument
+from fleet_mcp.settings import Settings
+from fleet_mcp.vault.models import TransitKeyVersion
+from fleet_mcp.vault.transit import build_transit, load_or_create_master_key
+from fleet_mcp.vault.transit.local import LocalTransit
+from fleet_mcp.vault.transit.vault import VaultTransit
+
+pytestmark = pytest.mark.anyio
+
+
+def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "master.key"
+    old = os.umask(0)  # even a permissive umask must not widen the file
+    try:
+        key = load_or_create_master_key(path)
+    finally:
+        os.umask(old)
+    assert len(key) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert base64.b64decode(path.read_text()) == key
+    assert load_or_create_master_key(path) == key
+    assert [p.name for p in path.parent.iterdir()] == ["master.key"]  # no temp file left behind
+
+
+def test_master_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "master.key"
+    load_or_create_master_key(path)
+    path.chmod(0o644)
+    with pytest.raises(InvalidArgument, match="readable or writable by group or others") as exc:
+        load_or_create_master_key(path)
+    assert "chmod 600" in (exc.value.hint or "")
+    path.chmod(0o600)
+    path.write_text(base64.b64encode(b"short").decode())
+    with pytest.raises(InvalidArgument, match="has 5 bytes"):
+        load_or_create_master_key(path)
+
+
+async def test_build_transit_from_settings(tmp_path: Path, sessionmaker) -> None:
+    s = Settings(data_dir=tmp_path / "d", transit="local")
+    backend = build_transit(s, sessionmaker)
+    assert isinstance(backend, LocalTransit) and backend.key_name == "fleet-pepper"
+    assert s.effective_master_key_file.exists()
+    given = base64.b64encode(os.urandom(32)).decode()
+    backend2 = build_transit(
+        Settings(data_dir=tmp_path / "e", master_key=SecretStr(given), pepper_key="p2"), sessionmaker
+    )
+    assert isinstance(backend2, LocalTransit) and backend2.key_name == "p2"
+    assert not (tmp_path / "e" / "master.key").exists()
+    with pytest.raises(InvalidArgument, match="address"):
+        build_transit(Settings(transit="vault", vault_addr=None), sessionmaker)
+    v = build_transit(
+        Settings(
+            transit="vault",
+            vault_addr="https://vault.example:8200",
+            vault_token="t0k",
+            transit_mount="kv-transit",
+            rotation_batch_size=100,
+        ),
+        sessionmaker,
+    )
+    assert isinstance(v, VaultTransit) and v.mount == "kv-transit" and v.batch_size == 100
+    assert "t0k" not in repr(v)
+    for b in (backend, backend2, v):
+        await b.close()
+
+
+async def test_key_versions_are_stored_wrapped(sessionmaker, local_transit: LocalTransit) -> None:
+    await local_transit.rotate()
+    async with sessionmaker() as s:
+        rows = (await s.execute(select(TransitKeyVersion).order_by(TransitKeyVersion.version))).scalars().all()
+    assert [r.version for r in rows] == [1, 2]
+    assert all(len(r.wrapped_key) == 12 + 32 + 16 for r in rows)
+    assert rows[0].wrapped_key != rows[1].wrapped_key
+    assert "wrapped" not in repr(local_transit) and "cached_versions" in repr(local_transit)
+
+
+async def test_wrong_master_key_is_a_clear_error(sessionmaker, local_transit: LocalTransit) -> None:
+    ct = await local_transit.encrypt(b"x")
+    other = LocalTransit(sessionmaker, os.urandom(32))
+    with pytest.raises(ExternalError, match="master key cannot unwrap version 1"):
+        await other.decrypt(ct)
+    await other.close()
+
+
+async def test_processes_sharing_the_database_agree(sessionmaker, master_key: bytes) -> None:
+    a = LocalTransit(sessionmaker, master_key)
+    b = LocalTransit(sessionmaker, master_key)
+    await a.ensure_key()
+    await b.ensure_key()
+    old = await b.encrypt(b"old")  # b caches version 1
+    assert await a.rotate() == 2
+    fresh = await b.encrypt(b"fresh")
+    assert fresh.startswith("vault:v2:")  # b did not keep encrypting with its cached latest
+    assert await b.decrypt(await a.encrypt(b"from-a")) == b"from-a"
+    await a.set_min_versions(min_decryption=2)
+    [res] = await b.decrypt_batch([old])
+    assert not isinstance(res, bytes) and res.too_old  # b enforces a's policy change at once
+    await a.close()
+    await b.close()
