@@ -26,6 +26,10 @@ class ToolContext:
     approval_id: str | None = None
     #: What the tool's `prepare` step produced before the unit of work opened (None without one).
     prepared: Any = None
+    #: True when the handler runs inside a unit of work that already holds database locks (an approved
+    #: request executed in the approver's transaction, or an elicited approval recorded first). Work that
+    #: commits on its own sessions must not wait for it: on SQLite it would wait on this very lock.
+    shared_unit_of_work: bool = False
     _progress: ProgressFn | None = field(default=None, repr=False)
 
     async def report_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:

@@ -239,17 +239,17 @@ class Gate:
         if session is None:
             async with self.app.sessionmaker() as own, own.begin():
                 return await self._run_in(spec, caller, args, decision=decision, t0=t0, progress=progress,
-                                          session=own, approval_id=approval_id, prepared=prepared)
+                                          session=own, approval_id=approval_id, prepared=prepared, shared=False)
         return await self._run_in(spec, caller, args, decision=decision, t0=t0, progress=progress,
-                                  session=session, approval_id=approval_id, prepared=prepared)
+                                  session=session, approval_id=approval_id, prepared=prepared, shared=True)
 
     async def _run_in(
         self, spec: ToolSpec, caller: Caller, args: BaseModel, *, decision: str, t0: float,
-        progress: ProgressFn | None, session: AsyncSession, approval_id: str | None, prepared: Any,
+        progress: ProgressFn | None, session: AsyncSession, approval_id: str | None, prepared: Any, shared: bool,
     ) -> CallOutcome:
         call_id = uuid.uuid4().hex[:16]
         ctx = ToolContext(self.app, session, caller, call_id, approval_id=approval_id, prepared=prepared,
-                          _progress=progress)
+                          shared_unit_of_work=shared, _progress=progress)
         outcome: CallOutcome
         try:
             savepoint = await session.begin_nested()
