@@ -44,7 +44,10 @@ class FleetError(Exception):
         return out
 
     def __str__(self) -> str:
-        return f"{self.message} {self.hint}" if self.hint else self.message
+        if not self.hint:
+            return self.message
+        sep = " " if self.message.endswith((".", "!", "?", ":")) else ". "
+        return f"{self.message}{sep}{self.hint[:1].upper()}{self.hint[1:]}"
 
 
 class InvalidArgument(FleetError):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from fleet_mcp import audit
 from fleet_mcp.context import ProgressFn, ToolContext
-from fleet_mcp.errors import FleetError, PermissionDenied
+from fleet_mcp.errors import FleetError, InvalidArgument, PermissionDenied
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
 
@@ -49,6 +49,37 @@ class CallOutcome:
         if self.ok:
             return json.dumps(self.data, default=str)
         return self.message
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def unsafe_values(value: Any, path: str = "") -> list[str]:
+    """Values no database column can hold, found before any model sees them: integers outside 64 bits and
+    NUL characters (PostgreSQL text refuses them). Reported by path, never by value."""
+    where = path or "(arguments)"
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [] if INT64[0] <= value <= INT64[1] else [f"{where}: integer out of range (64-bit)"]
+    if isinstance(value, str):
+        return [f"{where}: NUL characters are not allowed"] if "\x00" in value else []
+    if isinstance(value, dict):
+        out: list[str] = []
+        for k, v in value.items():
+            key = str(k)
+            if "\x00" in key:
+                if path:  # top-level unknown names are refused (and named) by the input model
+                    out.append(f"{where}: NUL characters are not allowed in keys")
+                continue
+            out += unsafe_values(v, f"{path}.{key}" if path else key)
+        return out
+    if isinstance(value, list | tuple):
+        out = []
+        for i, v in enumerate(value):
+            out += unsafe_values(v, f"{path}.{i}" if path else str(i))
+        return out
+    return []
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -158,9 +189,13 @@ class Gate:
         was already asked in the client; `elicitation_key` identifies that answer (single use)."""
         t0 = time.perf_counter()
         try:
+            problems = unsafe_values(raw_args)
+            if problems:
+                raise InvalidArgument("; ".join(problems))
             args = self.parse(spec, raw_args)
-        except ValidationError as exc:
-            msg = f"Invalid arguments for {spec.name}: {format_validation_error(exc)}"
+        except (ValidationError, InvalidArgument) as exc:
+            detail = format_validation_error(exc) if isinstance(exc, ValidationError) else exc.message
+            msg = f"Invalid arguments for {spec.name}: {detail}"
             await self._audit_only(spec, caller, raw_args, "invalid", "invalid_arguments", t0, {"error": msg})
             return CallOutcome(False, {"status": "invalid_arguments", "error": msg}, msg + ". Fix them and retry.")
         verdict = self.evaluate(spec, caller, args, can_elicit=can_elicit or elicited is not None)
@@ -235,7 +270,15 @@ class Gate:
     ) -> CallOutcome:
         """Run the handler in one unit of work; its audit row commits with it (or alone, after rollback)."""
         assert self.app.sessionmaker is not None
-        prepared = await spec.prepare(self.app, caller, args) if spec.prepare is not None else None
+        prepared = None
+        if spec.prepare is not None:
+            # An optimisation only: when it fails, the handler does the work inside the unit of work and
+            # reports any error there (with its audit row).
+            try:
+                prepared = await spec.prepare(self.app, caller, args)
+            except Exception:  # noqa: BLE001
+                log.warning("prepare step of %s failed; the handler will do the work itself", spec.name,
+                            exc_info=True)
         if session is None:
             async with self.app.sessionmaker() as own, own.begin():
                 return await self._run_in(spec, caller, args, decision=decision, t0=t0, progress=progress,

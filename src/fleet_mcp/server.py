@@ -104,12 +104,13 @@ def to_result(outcome: CallOutcome) -> CallToolResult:
 
 
 def _signature_params(spec: ToolSpec) -> list[inspect.Parameter]:
-    params = []
-    for fname, finfo in spec.input_model.model_fields.items():
-        params.append(
-            inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[finfo.annotation, finfo])
-        )
-    return params
+    """Permissive parameters: the SDK passes arguments through untouched and the gate validates them
+    once against the registry's model (the SDK's own errors would echo input values, secrets included,
+    and would bypass the audit). The published schema is the registry's, set after registration."""
+    return [
+        inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY, annotation=Any, default=None)
+        for fname in spec.input_model.model_fields
+    ]
 
 
 def _make_tool(app: App, gate: Gate, spec: ToolSpec) -> Any:

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     vault_namespace: str | None = None
     transit_mount: str = "transit"
     pepper_key: str = "fleet-pepper"
-    rotation_batch_size: int = Field(default=250, ge=1, le=10_000)
+    rotation_batch_size: int = Field(default=1000, ge=1, le=10_000, description="Rows per committed rotation batch; Vault requests are chunked to ≤ 250 and halved when too complex.")
 
     # GitOps.
     git_timeout: float = Field(default=60.0, gt=0)

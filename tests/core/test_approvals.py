@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 from sqlalchemy import func, select, update
-from tests.conftest import call_as, make_caller
 
 from fleet_mcp.db.models import ApprovalRequest, AuditEntry, ProviderConfig
+from tests.conftest import call_as, make_caller
 
 pytestmark = pytest.mark.anyio
 MATRIX = Path(__file__).resolve().parents[2] / "fixtures" / "policies" / "gate-matrix.yaml"

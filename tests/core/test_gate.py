@@ -8,10 +8,10 @@ import pytest
 from mcp import Client
 from mcp_types import ElicitResult
 from sqlalchemy import func, select
-from tests.conftest import call_as, make_caller
 
 from fleet_mcp.db.models import AuditEntry, Template
 from fleet_mcp.server import build_server
+from tests.conftest import call_as, make_caller
 
 pytestmark = pytest.mark.anyio
 MATRIX = Path(__file__).resolve().parents[2] / "fixtures" / "policies" / "gate-matrix.yaml"

@@ -13,6 +13,7 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+
 from tests.conftest import HttpServer, cli_env, run_cli
 
 pytestmark = pytest.mark.anyio

@@ -261,3 +261,34 @@ async def test_renewal_supersedes_and_keeps_handshakes_working(
             .all()
         )
     assert all(r.revoked_at or r.superseded_at for r in rows)
+
+
+def test_overlap_sweep_agrees_with_pairwise_comparison():
+    """The sort-and-sweep finds exactly the pairs a naive pairwise comparison finds."""
+    import ipaddress
+    import random
+    from types import SimpleNamespace
+
+    from fleet_mcp.federation.governance import _overlapping_pairs
+
+    rng = random.Random(7)
+    for _ in range(40):
+        live = []
+        for i in range(rng.randint(2, 25)):
+            nets = []
+            for _ in range(rng.randint(1, 3)):
+                plen = rng.choice([8, 12, 16, 20, 24])
+                addr = ipaddress.ip_network(f"10.{rng.randint(0, 3)}.{rng.randint(0, 255)}.0/{plen}", strict=False)
+                nets.append(str(addr))
+            live.append(SimpleNamespace(id=i + 1, local_account_id=rng.choice([1, 2]),
+                                        remote_prefix_advertisement=nets))
+        expected = set()
+        for ia, a in enumerate(live):
+            for ib in range(ia + 1, len(live)):
+                b = live[ib]
+                if a.local_account_id != b.local_account_id:
+                    continue
+                if any(ipaddress.ip_network(x).overlaps(ipaddress.ip_network(y))
+                       for x in a.remote_prefix_advertisement for y in b.remote_prefix_advertisement):
+                    expected.add((ia, ib))
+        assert set(_overlapping_pairs(live)) == expected

@@ -7,11 +7,11 @@ import datetime as dt
 import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
-from fed_helpers import node, rogue_leaf
 
 from fleet_mcp.errors import InvalidArgument
 from fleet_mcp.federation import pki
 from fleet_mcp.federation.handshake import NodeIdentity, check_both_directions, check_direction
+from tests.federation.fed_helpers import node, rogue_leaf
 
 A_DOM, B_DOM = "acme.fleet.test", "globex.fleet.test"
 

@@ -229,7 +229,7 @@ async def test_full_lifecycle_with_real_handshakes(uow, svc, account, other_acco
 
 
 async def test_rogue_leaf_from_peer_refused_through_service_bundles(uow, svc, account, other_account):
-    from fed_helpers import rogue_leaf
+    from tests.federation.fed_helpers import rogue_leaf
 
     token = await uow(lambda s: svc.propose(s, account_id=account.id, remote_account="globex"))
     await uow(

@@ -7,12 +7,12 @@ import json
 
 import pytest
 from sqlalchemy import select
-from tests.conftest import call_as, make_caller
 
 from fleet_mcp import audit
 from fleet_mcp.federation.models import CertificateAuthority, FederationPeer
 from fleet_mcp.registry import load_tools
 from fleet_mcp.vault.models import Credential
+from tests.conftest import call_as, make_caller
 
 pytestmark = pytest.mark.anyio
 

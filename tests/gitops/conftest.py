@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gitops_helpers import BASE_FLEET, FleetRepo
 
 from fleet_mcp.gitops.options import GitOpsOptions
+from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
 
 
 @pytest.fixture

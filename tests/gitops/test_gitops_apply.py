@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from gitops_helpers import BASE_FLEET, FleetRepo
 from sqlalchemy import select, text
 
 from fleet_mcp import live
@@ -12,6 +11,7 @@ from fleet_mcp.errors import Conflict, InvalidArgument, NotFound
 from fleet_mcp.fleet.spec import canonical_attributes, fingerprint
 from fleet_mcp.gitops import service as gitops
 from fleet_mcp.gitops.models import GitOpsProposal
+from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
 
 pytestmark = pytest.mark.anyio
 

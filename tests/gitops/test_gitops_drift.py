@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from gitops_helpers import BASE_FLEET
 from sqlalchemy import select
 
 from fleet_mcp import live
@@ -13,6 +12,7 @@ from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import FleetEvent
 from fleet_mcp.errors import InvalidArgument, NotFound
 from fleet_mcp.gitops import service as gitops
+from tests.gitops.gitops_helpers import BASE_FLEET
 
 pytestmark = pytest.mark.anyio
 

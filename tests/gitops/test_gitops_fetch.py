@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gitops_helpers import FleetRepo
-from gitops_servers import GitHTTPSServer, HangingServer
 
 from fleet_mcp.errors import ExternalError, InvalidArgument, NotFound
 from fleet_mcp.gitops.fetch import GitCredential, _credential_env, cache_path, fetch_fleet_file
+from tests.gitops.gitops_helpers import FleetRepo
+from tests.gitops.gitops_servers import GitHTTPSServer, HangingServer
 
 
 def _fetch(repo_url: str, cache: Path, branch: str = "main", prefix: str = "", **kw):  # noqa: ANN202

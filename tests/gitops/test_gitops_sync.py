@@ -7,7 +7,6 @@ import datetime as dt
 
 import anyio
 import pytest
-from gitops_helpers import BASE_FLEET, FleetRepo
 from sqlalchemy import func, select
 
 from fleet_mcp.db.base import utcnow
@@ -15,6 +14,7 @@ from fleet_mcp.db.models import FleetEvent
 from fleet_mcp.errors import Busy, Conflict, InvalidArgument, NotFound
 from fleet_mcp.gitops import service as gitops
 from fleet_mcp.gitops.models import GitOpsProposal, GitOpsRepository, GitOpsSyncRun
+from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
 
 pytestmark = pytest.mark.anyio
 

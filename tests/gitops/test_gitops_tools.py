@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from gitops_helpers import BASE_FLEET, FleetRepo
 from mcp import Client
 from mcp_types import ElicitResult
 from sqlalchemy import func, select
-from tests.conftest import call_as, make_caller
 
 from fleet_mcp.db.models import Template
 from fleet_mcp.gitops import jobs
 from fleet_mcp.gitops.models import GitOpsRepository
 from fleet_mcp.registry import load_tools
 from fleet_mcp.server import build_server
+from tests.conftest import call_as, make_caller
+from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
 
 pytestmark = pytest.mark.anyio
 
@@ -230,10 +230,10 @@ async def test_drift_sensor_and_auto_apply_through_the_gate(client, app, fleet_r
 async def test_sync_over_https_with_a_stored_credential(client, app, fleet_repo, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     import subprocess
 
-    from gitops_servers import GitHTTPSServer
     from pydantic import SecretStr
 
     from fleet_mcp.vault.credentials import CredentialStore
+    from tests.gitops.gitops_servers import GitHTTPSServer
 
     served = tmp_path / "served"
     served.mkdir()

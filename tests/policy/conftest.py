@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from catalog_data import build_catalog
 
 import fleet_mcp
 from fleet_mcp.policy import ToolFacts
+from tests.policy.catalog_data import build_catalog
 
 POLICIES = Path(fleet_mcp.__file__).parent / "policies"
 

@@ -6,11 +6,11 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import yaml
-from catalog_data import build_catalog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet_mcp.policy import argument_equals, load_policy
+from tests.policy.catalog_data import build_catalog
 
 CATALOG = build_catalog()
 NAMES = sorted(CATALOG)

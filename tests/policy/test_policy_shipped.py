@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from catalog_data import BY_NAME, FORCE_TOOLS, ROWS, Row, build_catalog, default_arguments, facts
 
 from fleet_mcp.policy import Policy, PolicyError, ToolFacts, load_policy
+from tests.policy.catalog_data import BY_NAME, FORCE_TOOLS, ROWS, Row, build_catalog, default_arguments, facts
 
 SHIPPED = ("default.yaml", "read-only.yaml", "strict.yaml")
 Shipped = dict[str, Policy]

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from bao_server import OpenBaoServer, need_bao, vault_transit
 
 import fleet_mcp.vault.models  # noqa: F401  (registers the vault tables)
 from fleet_mcp.db.base import Base
 from fleet_mcp.db.engine import create_engine, make_sessionmaker
 from fleet_mcp.vault.transit import TransitBackend, load_or_create_master_key
 from fleet_mcp.vault.transit.local import LocalTransit
+from tests.vault.bao_server import OpenBaoServer, need_bao, vault_transit
 
 
 @pytest.fixture(scope="session")

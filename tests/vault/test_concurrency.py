@@ -9,12 +9,12 @@ import anyio
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import update
-from vault_helpers import account, plaintexts_of, rows_of, seed
 
 from fleet_mcp.vault.credentials import CredentialStore
 from fleet_mcp.vault.models import Credential
 from fleet_mcp.vault.rotation import RotationEngine
 from fleet_mcp.vault.transit import TransitBackend, TransitItemError
+from tests.vault.vault_helpers import account, plaintexts_of, rows_of, seed
 
 pytestmark = pytest.mark.anyio
 

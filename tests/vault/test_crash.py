@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from vault_helpers import make_account, plaintexts_of, secret_for, seed
 
 from fleet_mcp import audit
 from fleet_mcp.db.base import Base
@@ -25,6 +24,7 @@ from fleet_mcp.db.models import Account
 from fleet_mcp.vault.models import Credential, RotationJob
 from fleet_mcp.vault.transit import load_or_create_master_key
 from fleet_mcp.vault.transit.local import LocalTransit
+from tests.vault.vault_helpers import make_account, plaintexts_of, secret_for, seed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

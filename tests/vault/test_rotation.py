@@ -6,7 +6,6 @@ import base64
 
 import pytest
 from sqlalchemy import func, select, update
-from vault_helpers import account, finalize_now, make_account, plaintexts_of, rows_of, seed, trim_now
 
 from fleet_mcp import audit
 from fleet_mcp.db.base import utcnow
@@ -17,6 +16,7 @@ from fleet_mcp.vault.credentials import CredentialStore
 from fleet_mcp.vault.models import Credential, RotationFailure, RotationJob
 from fleet_mcp.vault.rotation import RotationEngine
 from fleet_mcp.vault.transit import CiphertextRejected, TransitBackend
+from tests.vault.vault_helpers import account, finalize_now, make_account, plaintexts_of, rows_of, seed, trim_now
 
 pytestmark = pytest.mark.anyio
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import anyio
 import pytest
 from sqlalchemy import select
-from tests.conftest import call_as, make_caller
 
 from fleet_mcp.db.models import AuditEntry
 from fleet_mcp.registry import load_tools
 from fleet_mcp.vault.models import Credential
+from tests.conftest import call_as, make_caller
 
 pytestmark = pytest.mark.anyio
 

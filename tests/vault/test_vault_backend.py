@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from bao_server import OpenBaoServer, free_port
 
-from conftest import need_bao, vault_transit
 from fleet_mcp.errors import PermissionDenied
 from fleet_mcp.vault.transit import TransitUnavailable, ciphertext_version
 from fleet_mcp.vault.transit.vault import VaultTransit
+from tests.vault.bao_server import OpenBaoServer, free_port, need_bao, vault_transit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.openbao]
 

@@ -10,14 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bao_server import OpenBaoServer
-from vault_helpers import account, finalize_now, make_account, plaintexts_of, rows_of, seed
 
-from conftest import need_bao, vault_transit
 from fleet_mcp.db.base import Base
 from fleet_mcp.db.engine import create_engine, make_sessionmaker
 from fleet_mcp.errors import Busy
 from fleet_mcp.vault.rotation import RotationEngine, get_job
+from tests.vault.bao_server import OpenBaoServer, need_bao, vault_transit
+from tests.vault.vault_helpers import account, finalize_now, make_account, plaintexts_of, rows_of, seed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.openbao]
 

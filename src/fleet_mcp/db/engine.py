@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_only
 
 
 def is_sqlite(url: str) -> bool:
@@ -36,9 +38,27 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
     # The driver runs in autocommit mode (isolation_level=None); we open transactions ourselves.
     # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
     # would fail with "database is locked" instead of waiting when another writer is active.
+    # Within this process, transactions first queue on an asyncio lock: SQLite's busy handler
+    # sleep-polls, which gives long tails under concurrency; the lock hands over in arrival order.
+    # (Other processes still meet SQLite's own lock and busy timeout.)
+    lock = asyncio.Lock()
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        await_only(lock.acquire())
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            lock.release()
+            raise
+        conn.info["fleet_write_lock"] = True
+
+    def _release(conn: Any) -> None:
+        if conn.info.pop("fleet_write_lock", False):
+            lock.release()
+
+    event.listen(engine.sync_engine, "commit", _release)
+    event.listen(engine.sync_engine, "rollback", _release)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,0 +1,89 @@
+"""The benchmark suite's building blocks do what the report claims (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from benchmarks.common import Figure, Series, judge, percentile
+from benchmarks.gitops import apply_yaml, fleet_yaml
+from benchmarks.plot import Canvas, write_plot
+from benchmarks.report import console_table, merge, plot_groups, render_markdown
+from benchmarks.rotation import AesFloor, local_sqlite_floor
+
+
+def test_percentile_and_targets() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(list(range(101)), 99) == pytest.approx(99.0)
+    assert percentile([1.0, 2.0], 50) == pytest.approx(1.5)
+    assert judge(1.4, "<=", 1.5) is True and judge(1.6, "<=", 1.5) is False
+    assert judge(0.69, ">=", 0.7) is False and judge(1.0, "==", 1) is True
+    assert judge(None, "<=", 1.5) is None
+
+
+def test_generated_fleet_files_parse_to_the_requested_size() -> None:
+    from fleet_mcp.gitops.fleetfile import parse_fleet_file
+
+    assert parse_fleet_file(fleet_yaml(1000)).count == 1000
+    desired = parse_fleet_file(apply_yaml(10, "x"))
+    assert desired.count == 10 and len(desired.resources["template"]) == 5
+
+
+def test_rotation_floor_rewraps_every_row_and_keeps_plaintexts(tmp_path: Path) -> None:
+    aes = AesFloor()
+    ct = aes.encrypt(b"secret", 1)
+    v2 = aes.rotate()
+    new = aes.rewrap(ct, v2)
+    assert new.startswith("vault:v2:") and new != ct
+    assert aes.rewrap(new, aes.rotate()).startswith("vault:v3:")
+    times, n = local_sqlite_floor(tmp_path, 2500, 2)
+    assert n == 2500 and len(times) == 2  # it raises unless every row was rewrapped on each pass
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    idat = data.index(b"IDAT")
+    (length,) = struct.unpack(">I", data[idat - 4 : idat])
+    raw = zlib.decompress(data[idat + 4 : idat + 4 + length])
+    assert len(raw) == height * (1 + 3 * width)
+    return width, height
+
+
+def test_plot_writes_a_valid_png(tmp_path: Path) -> None:
+    cv = Canvas(20, 10)
+    cv.line(0, 0, 19, 9, (255, 0, 0))
+    assert _png_size(cv.png()) == (20, 10)
+    out = tmp_path / "plot.png"
+    groups = {"cost": [Series("cost", "a", [(1000, 0.01), (10_000, 0.1)]), Series("cost", "b", [(1000, 0.5)])]}
+    writer = write_plot(out, groups)
+    if writer == "builtin":
+        assert _png_size(out.read_bytes())[0] == 760
+
+
+def _results(fam: str, value: float, mode: str = "full") -> dict:
+    fig = Figure(family=fam, name="x", label=f"{fam} figure", value=value, unit="s", floor_value=0.5,
+                 floor_label="floor", ratio=value / 0.5, target_op="<=", target=1.5, met=value / 0.5 <= 1.5,
+                 command=f"python -m benchmarks --only {fam}")
+    return {"mode": mode, "started_at": "2026-01-01T00:00:00+00:00", "family_order": ["a", "b"],
+            "machine": {"cpu_count": 2, "python": "3.11", "sqlite": "3.40", "commit": "abc", "packages": {}},
+            "families": {fam: {"title": fam.upper(), "description": "d", "duration_s": 1.0, "ran_at": "t"}},
+            "figures": [fig.to_json()], "series": [{"plot": "p", "label": "l", "points": [[1, 1.0], [10, 2.0]],
+                                                    "family": fam}]}
+
+
+def test_report_states_floors_ratios_misses_and_rerun_commands() -> None:
+    merged = merge(_results("a", 0.6), _results("b", 2.0))
+    assert [f["family"] for f in merged["figures"]] == ["a", "b"] and set(merged["families"]) == {"a", "b"}
+    md = render_markdown(merged, "../plot.png", {"b/x": "the cause found with the profiler"})
+    assert "python -m benchmarks --only a" in md and "python -m benchmarks --only b" in md
+    assert "**MISSED**" in md and "the cause found with the profiler" in md
+    assert "500.00 ms (floor)" in md and "| 4.00 |" in md
+    assert "![cost against size](../plot.png)" in md
+    table = console_table([Figure.from_json(f) for f in merged["figures"]])
+    assert "MISSED" in table and "met" in table
+    assert plot_groups(merged["series"])["p"][0].points == [(1, 1.0), (10, 2.0)]
+    json.dumps(merged)
