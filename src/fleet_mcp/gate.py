@@ -321,8 +321,6 @@ class Gate:
             outcome = CallOutcome(False, {"status": "error", "error": err}, str(exc))
             result_state = "error"
             detail: dict[str, Any] = {"call_id": call_id, "error": err}
-        except PermissionError as exc:  # pragma: no cover - defensive
-            raise PermissionDenied(str(exc)) from exc
         except Exception:
             ref = uuid.uuid4().hex[:12]
             log.exception("internal error in %s (reference %s)", spec.name, ref)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ from fleet_mcp.principals import Caller, RevokedToken
 
 # Authenticated callers by token digest, refreshed by the middleware on every request (so a revoked
 # token stops at the next request); tools read the caller of their own request's header from here.
-_CALLERS: dict[str, tuple[Caller, float]] = {}
+_CALLERS: dict[str, Caller] = {}
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
@@ -33,16 +32,16 @@ def caller_from_headers(headers: Mapping[str, str]) -> Caller:
     token = _bearer(headers)
     if token is None:
         raise Unauthenticated("no bearer token on this request")
-    entry = _CALLERS.get(principals.token_digest(token))
-    if entry is None:
+    caller = _CALLERS.get(principals.token_digest(token))
+    if caller is None:
         raise Unauthenticated("bearer token not authenticated for this request")
-    return entry[0]
+    return caller
 
 
 class BearerAuth:
     """ASGI middleware in front of /mcp: every request carries a valid, unrevoked token."""
 
-    def __init__(self, app: ASGIApp, fleet: App, resource_metadata_url: str | None = None) -> None:
+    def __init__(self, app: ASGIApp, fleet: App) -> None:
         self.app = app
         self.fleet = fleet
 
@@ -58,7 +57,7 @@ class BearerAuth:
             try:
                 async with self.fleet.sessionmaker() as session:
                     caller = await principals.authenticate(session, token)
-                _CALLERS[principals.token_digest(token)] = (caller, time.monotonic())
+                _CALLERS[principals.token_digest(token)] = caller
                 await self.app(scope, receive, send)
                 return
             except RevokedToken:

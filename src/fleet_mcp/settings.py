@@ -37,7 +37,6 @@ class Settings(BaseSettings):
     port: int = 8765
     allowed_hosts: str = Field(default="", description="Extra Host header values accepted over HTTP (comma list).")
     allowed_origins: str = Field(default="", description="Origin header values accepted over HTTP (comma list).")
-    public_url: str | None = Field(default=None, description="External URL of the HTTP server (auth metadata).")
 
     # Transit (pepper) backend.
     transit: Literal["local", "vault"] = "local"
