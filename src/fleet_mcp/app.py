@@ -26,6 +26,10 @@ class App:
         self.settings = settings
         self.engine: AsyncEngine | None = None
         self.sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        #: For lookups that never write (token checks, approval summaries). On SQLite a separate engine
+        #: whose transactions do not take the write lock; elsewhere the same as `sessionmaker`.
+        self.read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._read_engine: AsyncEngine | None = None
         self.transit: Any = None
         self.policy: Any = None
         self.stdio_caller: Caller | None = None
@@ -44,6 +48,11 @@ class App:
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
         self.engine = create_engine(url)
         self.sessionmaker = make_sessionmaker(self.engine)
+        if is_sqlite(url):
+            self._read_engine = create_engine(url, readonly=True)
+            self.read_sessionmaker = make_sessionmaker(self._read_engine)
+        else:
+            self.read_sessionmaker = self.sessionmaker
         self.policy = self._load_policy()
         self.transit = await self._build_transit()
         async with self.sessionmaker() as session, session.begin():
@@ -83,6 +92,8 @@ class App:
     async def close(self) -> None:
         if self.transit is not None:
             await self.transit.close()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
         if self.engine is not None:
             await self.engine.dispose()
         self._started = False

@@ -137,9 +137,9 @@ class Gate:
     async def summary(self, spec: ToolSpec, caller: Caller, args: BaseModel) -> str:
         if spec.summary is None:
             return ""
-        assert self.app.sessionmaker is not None
+        assert self.app.read_sessionmaker is not None
         try:
-            async with self.app.sessionmaker() as session:
+            async with self.app.read_sessionmaker() as session:  # never committed
                 ctx = ToolContext(self.app, session, caller, call_id="summary")
                 return await spec.summary(ctx, args)
         except FleetError as exc:

@@ -53,9 +53,9 @@ class BearerAuth:
         token = _bearer(headers)
         status, body = 401, {"error": "unauthorized", "error_description": "a bearer token is required"}
         if token is not None:
-            assert self.fleet.sessionmaker is not None
+            assert self.fleet.read_sessionmaker is not None
             try:
-                async with self.fleet.sessionmaker() as session:
+                async with self.fleet.read_sessionmaker() as session:
                     caller = await principals.authenticate(session, token)
                 _CALLERS[principals.token_digest(token)] = caller
                 await self.app(scope, receive, send)
@@ -100,9 +100,9 @@ def build_http_app(
     async def healthz(_request: Request) -> JSONResponse:
         from sqlalchemy import text
 
-        assert fleet.sessionmaker is not None
+        assert fleet.read_sessionmaker is not None
         try:
-            async with fleet.sessionmaker() as session:
+            async with fleet.read_sessionmaker() as session:
                 await session.execute(text("SELECT 1"))
             return JSONResponse({"status": "ok", "version": __version__})
         except Exception:  # noqa: BLE001

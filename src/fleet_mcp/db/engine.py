@@ -14,18 +14,20 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
-    """Create an async engine; on SQLite every transaction begins IMMEDIATE so writers queue, not fail."""
+def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False) -> AsyncEngine:
+    """Create an async engine; on SQLite every transaction begins IMMEDIATE so writers queue, not fail.
+    A `readonly` SQLite engine begins plain (deferred) transactions: in WAL mode readers never wait for
+    the writer, so lookups such as token checks need not queue behind tool calls."""
     if is_sqlite(url):
         engine = create_async_engine(
             url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}
         )
-        _install_sqlite_pragmas(engine)
+        _install_sqlite_pragmas(engine, readonly=readonly)
         return engine
     return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
+def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
@@ -34,6 +36,14 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+
+    if readonly:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin_read(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return
 
     # The driver runs in autocommit mode (isolation_level=None); we open transactions ourselves.
     # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
