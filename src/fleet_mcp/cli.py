@@ -22,7 +22,7 @@ def _configure_logging(settings: Settings, stderr_only: bool = True) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Drivers echo SQL with bound parameters (digests, ciphertexts): keep them at WARNING whatever
     # the root level is.
-    for noisy in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool", "hvac", "urllib3", "git"):
+    for noisy in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool", "hvac", "urllib3", "git", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
