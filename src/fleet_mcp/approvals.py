@@ -21,13 +21,8 @@ from fleet_mcp.principals import Caller
 if TYPE_CHECKING:
     from fleet_mcp.app import App
     from fleet_mcp.gate import Gate
+    from fleet_mcp.policy.model import ApprovalSpec
 
-TERMINAL = ("executed", "failed", "rejected", "expired", "cancelled")
-
-
-def _spec_value(spec: Any, name: str, default: Any) -> Any:
-    v = getattr(spec, name, None) if spec is not None else None
-    return default if v is None else v
 
 
 async def _seal(session: AsyncSession, app: App, account_id: int, approval_id: str, args: BaseModel) -> str:
@@ -55,11 +50,11 @@ async def _discard_sealed(session: AsyncSession, sealed: str) -> None:
 
 
 async def create_request(
-    session: AsyncSession, app: App, *, tool: str, caller: Caller, arguments: BaseModel, rule: str, spec: Any,
+    session: AsyncSession, app: App, *, tool: str, caller: Caller, arguments: BaseModel, rule: str, spec: ApprovalSpec,
     summary: str,
 ) -> ApprovalRequest:
     approval_id = "apr_" + secrets.token_hex(8)
-    ttl = min(int(_spec_value(spec, "expires_in_seconds", app.settings.approval_ttl)), 7 * 86400)
+    ttl = min(spec.expires_in_seconds, 7 * 86400)
     raw = arguments.model_dump(mode="python")
     req = ApprovalRequest(
         id=approval_id,
@@ -71,9 +66,9 @@ async def create_request(
         requested_by=caller.qualified,
         requester_roles=list(caller.roles),
         rule=rule,
-        approvers=list(_spec_value(spec, "approvers", ["approver", "admin"])),
-        min_approvals=int(_spec_value(spec, "min_approvals", 1)),
-        separation_of_duties=bool(_spec_value(spec, "separation_of_duties", False)),
+        approvers=list(spec.approvers),
+        min_approvals=spec.min_approvals,
+        separation_of_duties=spec.separation_of_duties,
         summary=summary or None,
         expires_at=utcnow() + dt.timedelta(seconds=ttl),
     )
@@ -219,19 +214,6 @@ async def decide(
     req.arguments_sealed = ""
     await session.flush()
     return req, outcome.data
-
-
-async def cancel(session: AsyncSession, *, approval_id: str, caller: Caller) -> ApprovalRequest:
-    req = await get(session, approval_id, caller.account_id, lock=True)
-    if req.requested_by != caller.qualified:
-        raise PermissionDenied("only the requester can cancel an approval request", approval_id=approval_id)
-    if req.status != "pending":
-        raise Conflict(f"approval request {approval_id} is {req.status}", approval_id=approval_id)
-    req.status = "cancelled"
-    await _discard_sealed(session, req.arguments_sealed)
-    req.arguments_sealed = ""
-    await session.flush()
-    return req
 
 
 def to_dict(req: ApprovalRequest) -> dict[str, Any]:

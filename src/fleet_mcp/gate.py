@@ -90,6 +90,17 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+async def _record(
+    session: AsyncSession, spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], t0: float, *,
+    decision: str, outcome: str, detail: dict[str, Any] | None = None, approval_id: str | None = None,
+) -> None:
+    """The audit row of one call (arguments masked by the audit module), in the given transaction."""
+    arguments = args.model_dump(mode="python") if isinstance(args, BaseModel) else dict(args)
+    await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
+                       arguments=arguments, decision=decision, outcome=outcome, detail=detail,
+                       approval_id=approval_id, duration_ms=(time.perf_counter() - t0) * 1000)
+
+
 class Gate:
     def __init__(self, app: App) -> None:
         self.app = app
@@ -244,10 +255,8 @@ class Gate:
                 req = await approvals.record_elicited(session, key=key, tool=spec.name, caller=caller,
                                                       arguments=args, rule=verdict.rule)
             except FleetError as exc:
-                await audit.append(session, principal=caller.qualified, account=caller.account_name,
-                                   tool=spec.name, arguments=args.model_dump(mode="python"),
-                                   decision="require_approval", outcome="replay_refused",
-                                   detail={"error": exc.to_dict()}, duration_ms=(time.perf_counter() - t0) * 1000)
+                await _record(session, spec, caller, args, t0, decision="require_approval",
+                              outcome="replay_refused", detail={"error": exc.to_dict()})
                 return CallOutcome(False, {"status": "denied", "rule": verdict.rule, "reason": exc.message},
                                    f"{exc.message} Call the tool again to be asked again.")
             outcome = await self._run(spec, caller, args, decision="approved_by_elicitation", t0=t0,
@@ -311,10 +320,8 @@ class Gate:
             await savepoint.commit()
             data = result.model_dump(mode="json")
             outcome = CallOutcome(True, data, "")
-            await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
-                               arguments=args.model_dump(mode="python"), decision=decision, outcome="ok",
-                               detail={"call_id": call_id}, approval_id=approval_id,
-                               duration_ms=(time.perf_counter() - t0) * 1000)
+            await _record(session, spec, caller, args, t0, decision=decision, outcome="ok",
+                          detail={"call_id": call_id}, approval_id=approval_id)
             return outcome
         except FleetError as exc:
             err = exc.to_dict()
@@ -331,9 +338,8 @@ class Gate:
             )
             result_state = "internal_error"
             detail = {"call_id": call_id, "reference": ref}
-        await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
-                           arguments=args.model_dump(mode="python"), decision=decision, outcome=result_state,
-                           detail=detail, approval_id=approval_id, duration_ms=(time.perf_counter() - t0) * 1000)
+        await _record(session, spec, caller, args, t0, decision=decision, outcome=result_state, detail=detail,
+                      approval_id=approval_id)
         return outcome
 
     async def _audit_only(
@@ -341,11 +347,9 @@ class Gate:
         t0: float, detail: dict[str, Any] | None = None, approval_id: str | None = None,
     ) -> None:
         assert self.app.sessionmaker is not None
-        arguments = args.model_dump(mode="python") if isinstance(args, BaseModel) else dict(args)
         async with self.app.sessionmaker() as session, session.begin():
-            await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
-                               arguments=arguments, decision=decision, outcome=outcome, detail=detail,
-                               approval_id=approval_id, duration_ms=(time.perf_counter() - t0) * 1000)
+            await _record(session, spec, caller, args, t0, decision=decision, outcome=outcome, detail=detail,
+                          approval_id=approval_id)
 
     async def _queue(self, spec: ToolSpec, caller: Caller, args: BaseModel, verdict: Verdict, t0: float) -> CallOutcome:
         from fleet_mcp import approvals
@@ -357,10 +361,8 @@ class Gate:
                 session, self.app, tool=spec.name, caller=caller, arguments=args, rule=verdict.rule,
                 spec=verdict.approval, summary=summary,
             )
-            await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
-                               arguments=args.model_dump(mode="python"), decision="require_approval",
-                               outcome="approval_required", detail={"rule": verdict.rule},
-                               approval_id=req.id, duration_ms=(time.perf_counter() - t0) * 1000)
+            await _record(session, spec, caller, args, t0, decision="require_approval",
+                          outcome="approval_required", detail={"rule": verdict.rule}, approval_id=req.id)
         data = {"status": "approval_required", "rule": verdict.rule, "approval_id": req.id,
                 "expires_at": req.expires_at.isoformat(), "approvers": list(req.approvers),
                 "min_approvals": req.min_approvals, "separation_of_duties": req.separation_of_duties}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from fleet_mcp.app import App
@@ -79,6 +79,15 @@ class ToolSpec:
             "inputSchema": self.input_schema(),
             "outputSchema": self.output_schema(),
         }
+
+
+# Base of tool input models: unknown arguments are refused (no docstring: it would enter every schema).
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(Args):
+    pass
 
 
 REGISTRY: dict[str, ToolSpec] = {}

@@ -117,6 +117,8 @@ def _make_tool(app: App, gate: Gate, spec: ToolSpec) -> Any:
     """One adapter per tool: a resolver that may ask the human, and a body that calls the gate."""
 
     async def ask(ctx: Context, **kwargs: Any) -> Any:
+        if not _can_elicit(ctx) or app.stateless_http:
+            return _NoQuestion()  # nobody to ask: the gate queues or denies, never elicits
         try:
             caller = _caller_for(app, ctx)
             args = gate.parse(spec, _raw_arguments(ctx, kwargs))

@@ -68,9 +68,6 @@ class Settings(BaseSettings):
     node_cert_hours: int = Field(default=24, ge=1, le=24 * 30)
     cross_cert_days: int = Field(default=7, ge=1, le=90)
 
-    # Approvals.
-    approval_ttl: int = Field(default=86_400, ge=60)
-
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
     log_level: str = "INFO"
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_mcp import audit
 from fleet_mcp.context import ToolContext
 from fleet_mcp.errors import InvalidArgument
-from fleet_mcp.registry import load_tools, tool
+from fleet_mcp.registry import NoArgs, load_tools, tool
 
 
 class AuditQueryArgs(BaseModel):
@@ -57,10 +57,6 @@ async def audit_query(ctx: ToolContext, args: AuditQueryArgs) -> AuditQueryOut:
                              account=ctx.principal.account_name, since=since, approval_id=args.approval_id,
                              limit=args.limit)
     return AuditQueryOut(entries=[AuditEntryOut(**audit.entry_dict(r)) for r in rows], count=len(rows))
-
-
-class NoArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class AuditVerifyOut(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from fleet_mcp.context import ToolContext
 from fleet_mcp.errors import ExternalError
@@ -21,7 +21,7 @@ from fleet_mcp.federation.schemas import (
     TrustBundleOut,
 )
 from fleet_mcp.federation.service import FederationService
-from fleet_mcp.registry import tool
+from fleet_mcp.registry import Args, NoArgs, tool
 
 FEDERATION: dict[str, Any] = {"toolset": "federation"}
 MANAGE = "sdwan.federation.manage"
@@ -50,11 +50,7 @@ def _who(ctx: ToolContext) -> dict[str, Any]:
 # -- inputs --------------------------------------------------------------------------------------
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PeerIdArgs(_Args):
+class PeerIdArgs(Args):
     federation_peer_id: int = Field(description="Id of the federation peer.", ge=1)
 
 
@@ -64,7 +60,7 @@ class ReasonArgs(PeerIdArgs):
     )
 
 
-class ProposeArgs(_Args):
+class ProposeArgs(Args):
     remote_account: str = Field(
         description="Name of the account to federate with.", min_length=1, max_length=120
     )
@@ -85,17 +81,13 @@ class RegenerateArgs(PeerIdArgs):
     token_ttl_seconds: int = Field(default=86_400, ge=60, le=7 * 86_400, description=TTL_DESCRIPTION)
 
 
-class ListArgs(_Args):
+class ListArgs(Args):
     status: Literal["proposed", "accepted", "active", "suspended", "revoked"] | None = Field(
         default=None, description="Only peers in this status."
     )
 
 
-class NoArgs(_Args):
-    pass
-
-
-class IssueArgs(_Args):
+class IssueArgs(Args):
     node_name: str = Field(
         description="A DNS label (placed under the account's federation domain) or a full "
         "name already under it.",
@@ -110,7 +102,7 @@ class IssueArgs(_Args):
     )
 
 
-class BundleArgs(_Args):
+class BundleArgs(Args):
     include_crls: bool = Field(
         default=False,
         description="Also return the CRLs a verifier needs (load them with VERIFY_CRL_CHECK_CHAIN).",

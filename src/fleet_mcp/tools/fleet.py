@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_mcp import events, live
 from fleet_mcp.context import ToolContext
 from fleet_mcp.fleet.spec import ModuleSpec, ProviderConfigSpec, TemplateSpec
-from fleet_mcp.registry import tool
+from fleet_mcp.registry import NoArgs, tool
 
 FLEET = dict(toolset="fleet")
 
@@ -24,10 +24,6 @@ class Item(BaseModel):
     drift_suppressed_until: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
-
-
-class NoArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class NameArgs(BaseModel):

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.context import ToolContext
@@ -20,7 +20,7 @@ from fleet_mcp.gitops import service
 from fleet_mcp.gitops.credentials import store_resolver
 from fleet_mcp.gitops.models import GitOpsProposal, GitOpsRepository, GitOpsSyncRun
 from fleet_mcp.gitops.options import CredentialResolver, GitOpsOptions
-from fleet_mcp.registry import tool
+from fleet_mcp.registry import Args, NoArgs, tool
 
 if TYPE_CHECKING:
     from fleet_mcp.app import App
@@ -203,30 +203,22 @@ class ProposalOut(BaseModel):
         )
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class NoArgs(_Args):
-    pass
-
-
-class RepositoryIdArgs(_Args):
+class RepositoryIdArgs(Args):
     repository_id: int = Field(description="Id of the registered repository.", ge=1)
 
 
-class SyncRunIdArgs(_Args):
+class SyncRunIdArgs(Args):
     sync_run_id: int = Field(description="Id of the sync run.", ge=1)
 
 
-class ProposalIdArgs(_Args):
+class ProposalIdArgs(Args):
     proposal_id: int = Field(description="Id of the proposal.", ge=1)
 
 
 # -- repositories --------------------------------------------------------------------------------
 
 
-class RegisterArgs(_Args):
+class RegisterArgs(Args):
     name: str = Field(description="Unique name of the repository in this account.", min_length=1, max_length=120)
     repo_url: str = Field(
         description="https://host/path, ssh://[user@]host/path or user@host:path (file:// and local paths only "
@@ -498,7 +490,7 @@ async def get_drift_report(ctx: ToolContext, args: RepositoryIdArgs) -> DriftRep
 # -- proposals -----------------------------------------------------------------------------------
 
 
-class ProposalsArgs(_Args):
+class ProposalsArgs(Args):
     repository_id: int | None = Field(default=None, ge=1, description="Only this repository's proposals.")
     sync_run_id: int | None = Field(default=None, ge=1, description="Only proposals standing for this run's changes.")
     status: ProposalStatus | None = Field(default=None, description="Only proposals in this status.")
@@ -715,7 +707,7 @@ async def reject_proposal(ctx: ToolContext, args: RejectArgs) -> ProposalResult:
     return ProposalResult(proposal=ProposalOut.of(p))
 
 
-class SuppressArgs(_Args):
+class SuppressArgs(Args):
     kind: Kind = Field(description="Kind of the live resource.")
     name: str = Field(
         description="Name of the live resource (assignments: '<template>:<module>').", min_length=1, max_length=257

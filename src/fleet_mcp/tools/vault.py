@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from fleet_mcp import principals
 from fleet_mcp.context import ToolContext
 from fleet_mcp.errors import Busy, ExternalError
-from fleet_mcp.registry import tool
+from fleet_mcp.registry import NoArgs, tool
 from fleet_mcp.vault import rotation
 from fleet_mcp.vault.credentials import CredentialStore
 from fleet_mcp.vault.finalize import TRIM_WARNING, finalize, trim
@@ -53,10 +53,6 @@ class CredentialOut(BaseModel):
             created_at=c.created_at,
             updated_at=c.updated_at,
         )
-
-
-class NoArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class StoreArgs(BaseModel):
