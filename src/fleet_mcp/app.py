@@ -26,10 +26,12 @@ class App:
         self.settings = settings
         self.engine: AsyncEngine | None = None
         self.sessionmaker: async_sessionmaker[AsyncSession] | None = None
-        #: For lookups that never write (token checks, approval summaries). On SQLite a separate engine
-        #: whose transactions do not take the write lock; elsewhere the same as `sessionmaker`.
+        #: For work that never writes (token checks, approval summaries, read-only tools): a separate engine
+        #: that refuses writes; on SQLite its transactions do not take the write lock.
         self.read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._read_engine: AsyncEngine | None = None
+        #: Group commit of audit rows that join no other write (read-only calls, refusals).
+        self.audit_writer: audit.AuditWriter | None = None
         self.transit: Any = None
         self.policy: Any = None
         self.stdio_caller: Caller | None = None
@@ -48,11 +50,9 @@ class App:
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
         self.engine = create_engine(url)
         self.sessionmaker = make_sessionmaker(self.engine)
-        if is_sqlite(url):
-            self._read_engine = create_engine(url, readonly=True)
-            self.read_sessionmaker = make_sessionmaker(self._read_engine)
-        else:
-            self.read_sessionmaker = self.sessionmaker
+        self._read_engine = create_engine(url, readonly=True)
+        self.read_sessionmaker = make_sessionmaker(self._read_engine)
+        self.audit_writer = audit.AuditWriter(self.engine)
         self.policy = self._load_policy()
         self.transit = await self._build_transit()
         async with self.sessionmaker() as session, session.begin():

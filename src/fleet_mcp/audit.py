@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -11,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
+from fleet_mcp.errors import ExternalError
 
 GENESIS = "0" * 64
 MASK = "***"
@@ -26,6 +28,14 @@ _SECRET_KEY = re.compile(
     r"api_key|apikey|master_key|plaintext)$",
     re.IGNORECASE,
 )
+
+
+class AuditUnavailable(ExternalError):
+    """The audit row of a call could not be committed; the call's result is withheld."""
+
+    def __init__(self) -> None:
+        super().__init__("the audit log could not be written, so the result is withheld",
+                         hint="check the server's database and log, then retry the call")
 
 
 def is_secret_key(key: str) -> bool:
@@ -74,28 +84,22 @@ def arguments_digest(arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(_reveal(arguments)).encode()).hexdigest()
 
 
-def _row_hash(entry: AuditEntry) -> str:
-    body = {
-        "seq": entry.seq,
-        "at": entry.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
-        "principal": entry.principal,
-        "account": entry.account,
-        "tool": entry.tool,
-        "args_digest": entry.args_digest,
-        "arguments": entry.arguments,
-        "decision": entry.decision,
-        "outcome": entry.outcome,
-        "detail": entry.detail,
-        "approval_id": entry.approval_id,
-        "duration_ms": round(float(entry.duration_ms), 3),
-        "prev_hash": entry.prev_hash,
-    }
+_HASHED = ("seq", "principal", "account", "tool", "args_digest", "arguments", "decision", "outcome", "detail",
+           "approval_id", "prev_hash")
+
+
+def _row_hash(entry: AuditEntry | Mapping[str, Any]) -> str:
+    get = entry.get if isinstance(entry, Mapping) else (lambda k: getattr(entry, k))
+    body = {k: get(k) for k in _HASHED}
+    body["at"] = get("at").astimezone(dt.UTC).isoformat(timespec="microseconds")
+    body["duration_ms"] = round(float(get("duration_ms")), 3)
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
-async def ensure_head(session: AsyncSession) -> None:
+async def ensure_head(session: AsyncSession | AsyncConnection) -> None:
     """Create the head row if missing; safe when many sessions race to do it."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    bind = session if isinstance(session, AsyncConnection) else session.bind
+    dialect = bind.dialect.name if bind is not None else "sqlite"
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
@@ -103,8 +107,7 @@ async def ensure_head(session: AsyncSession) -> None:
     await session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
 
 
-async def append(
-    session: AsyncSession,
+def build_row(
     *,
     principal: str,
     account: str,
@@ -115,38 +118,87 @@ async def append(
     detail: Mapping[str, Any] | None = None,
     approval_id: str | None = None,
     duration_ms: float = 0.0,
-) -> AuditEntry:
-    """Append one row in the caller's transaction; the head row lock serializes appenders everywhere."""
-    head = (
-        await session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update())
-    ).scalar_one_or_none()
+) -> dict[str, Any]:
+    """The masked column values of one row, without its place in the chain (seq, prev_hash, hash)."""
+    return {
+        # Microsecond precision survives both backends, so the hash recomputes identically on read.
+        "at": utcnow(),
+        "principal": principal,
+        "account": account,
+        "tool": tool,
+        "args_digest": arguments_digest(arguments),
+        "arguments": mask(dict(arguments)),
+        "decision": decision,
+        "outcome": outcome,
+        "detail": mask(dict(detail)) if detail else None,
+        "approval_id": approval_id,
+        "duration_ms": round(float(duration_ms), 3),
+    }
+
+
+_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+_INSERT = insert(AuditEntry.__table__)
+_MOVE_HEAD = update(AuditHead.__table__).where(AuditHead.id == 1).values(seq=bindparam("new_seq"),
+                                                                          hash=bindparam("new_hash"))
+
+
+async def append_rows(db: AsyncSession | AsyncConnection, rows: list[dict[str, Any]]) -> int:
+    """Chain and insert rows built by `build_row` in the caller's transaction (a session or a connection);
+    returns the last seq. The head row's lock (PostgreSQL) or the write transaction (SQLite) serializes
+    appenders everywhere; three statements whatever the number of rows."""
+    head = (await db.execute(_HEAD)).one_or_none()
     if head is None:
-        await ensure_head(session)
-        head = (await session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update())).scalar_one()
-    # Microsecond precision survives both backends, so the hash recomputes identically on read.
-    at = utcnow()
-    entry = AuditEntry(
-        seq=head.seq + 1,
-        at=at,
-        principal=principal,
-        account=account,
-        tool=tool,
-        args_digest=arguments_digest(arguments),
-        arguments=mask(dict(arguments)),
-        decision=decision,
-        outcome=outcome,
-        detail=mask(dict(detail)) if detail else None,
-        approval_id=approval_id,
-        duration_ms=round(float(duration_ms), 3),
-        prev_hash=head.hash,
-    )
-    entry.hash = _row_hash(entry)
-    session.add(entry)
-    await session.execute(
-        update(AuditHead).where(AuditHead.id == 1).values(seq=entry.seq, hash=entry.hash)
-    )
-    await session.flush()
-    return entry
+        await ensure_head(db)
+        head = (await db.execute(_HEAD)).one()
+    seq, prev = head
+    for row in rows:
+        seq += 1
+        row["seq"] = seq
+        row["prev_hash"] = prev
+        row["hash"] = prev = _row_hash(row)
+    await db.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+    await db.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    return seq
+
+
+async def append(session: AsyncSession, **fields: Any) -> int:
+    """Append one row in the caller's transaction (keywords of `build_row`); returns its seq."""
+    return await append_rows(session, [build_row(**fields)])
+
+
+class AuditWriter:
+    """Group commit for rows that have no other write to join (read-only calls, refusals): concurrent
+    callers' rows go into one transaction, and each caller returns only once its row is committed."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._lock: asyncio.Lock | None = None
+
+    async def append(self, **fields: Any) -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((build_row(**fields), fut))
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            # Whoever holds the lock writes everything queued so far; later arrivals are then done.
+            if not fut.done():
+                await self._flush()
+        return fut.result()
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            async with self._engine.begin() as conn:
+                last = await append_rows(conn, [row for row, _ in batch])
+        except BaseException as exc:
+            for _, f in batch:
+                if not f.done():
+                    f.set_exception(AuditUnavailable() if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
+        first = last - len(batch) + 1
+        for i, (_, f) in enumerate(batch):
+            f.set_result(first + i)
 
 
 @dataclass(frozen=True)

@@ -90,15 +90,43 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def _record(
-    session: AsyncSession, spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], t0: float, *,
-    decision: str, outcome: str, detail: dict[str, Any] | None = None, approval_id: str | None = None,
-) -> None:
-    """The audit row of one call (arguments masked by the audit module), in the given transaction."""
+def _row(spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], t0: float, *, decision: str,
+         outcome: str, detail: dict[str, Any] | None = None, approval_id: str | None = None) -> dict[str, Any]:
+    """The audit fields of one call (arguments are masked by the audit module)."""
     arguments = args.model_dump(mode="python") if isinstance(args, BaseModel) else dict(args)
-    await audit.append(session, principal=caller.qualified, account=caller.account_name, tool=spec.name,
-                       arguments=arguments, decision=decision, outcome=outcome, detail=detail,
-                       approval_id=approval_id, duration_ms=(time.perf_counter() - t0) * 1000)
+    return {"principal": caller.qualified, "account": caller.account_name, "tool": spec.name, "arguments": arguments,
+            "decision": decision, "outcome": outcome, "detail": detail, "approval_id": approval_id,
+            "duration_ms": (time.perf_counter() - t0) * 1000}
+
+
+async def _record(session: AsyncSession, spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], t0: float,
+                  **kw: Any) -> None:
+    """The audit row of one call, in the given transaction (it commits or rolls back with the call's work)."""
+    await audit.append(session, **_row(spec, caller, args, t0, **kw))
+
+
+async def _invoke(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> dict[str, Any]:
+    result = await spec.handler(ctx, args)
+    if not isinstance(result, spec.output_model):
+        raise TypeError(f"{spec.name} returned {type(result).__name__}")
+    return result.model_dump(mode="json")
+
+
+def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
+    """The result and audit outcome of a handler that raised: a domain error says what to do; anything
+    else is a bug, reported by reference with details only in the log."""
+    if isinstance(exc, FleetError):
+        err = exc.to_dict()
+        return CallOutcome(False, {"status": "error", "error": err}, str(exc)), "error", {"call_id": call_id,
+                                                                                          "error": err}
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error in %s (reference %s)", spec.name, ref, exc_info=exc)
+    outcome = CallOutcome(
+        False, {"status": "error", "error": {"code": "internal", "reference": ref}},
+        f"Internal error in {spec.name} (reference {ref}); nothing was changed. "
+        "Report the reference to the operator; details are in the server log.",
+    )
+    return outcome, "internal_error", {"call_id": call_id, "reference": ref}
 
 
 class Gate:
@@ -207,13 +235,14 @@ class Gate:
         except (ValidationError, InvalidArgument) as exc:
             detail = format_validation_error(exc) if isinstance(exc, ValidationError) else exc.message
             msg = f"Invalid arguments for {spec.name}: {detail}"
-            await self._audit_only(spec, caller, raw_args, "invalid", "invalid_arguments", t0, {"error": msg})
+            await self._audit_only(spec, caller, raw_args, t0, decision="invalid", outcome="invalid_arguments",
+                                   detail={"error": msg})
             return CallOutcome(False, {"status": "invalid_arguments", "error": msg}, msg + ". Fix them and retry.")
         verdict = self.evaluate(spec, caller, args, can_elicit=can_elicit or elicited is not None)
 
         if verdict.action == "deny":
             detail = {"rule": verdict.rule, "reason": verdict.reason}
-            await self._audit_only(spec, caller, args, "deny", "denied", t0, detail)
+            await self._audit_only(spec, caller, args, t0, decision="deny", outcome="denied", detail=detail)
             data = {"status": "denied", "rule": verdict.rule, "reason": verdict.reason}
             if verdict.permission:
                 data["permission"] = verdict.permission
@@ -226,8 +255,8 @@ class Gate:
         decision = verdict.decision
         if verdict.action == "elicit":
             if elicited in ("decline", "cancel"):
-                await self._audit_only(spec, caller, args, "require_approval", "declined", t0,
-                                       {"rule": verdict.rule, "elicitation": elicited})
+                await self._audit_only(spec, caller, args, t0, decision="require_approval", outcome="declined",
+                                       detail={"rule": verdict.rule, "elicitation": elicited})
                 return CallOutcome(False, {"status": "declined", "rule": verdict.rule},
                                    f"The operator {elicited}d {spec.name}; nothing was run.")
             if elicited != "accept":
@@ -277,8 +306,9 @@ class Gate:
         session: AsyncSession | None = None,
         approval_id: str | None = None,
     ) -> CallOutcome:
-        """Run the handler in one unit of work; its audit row commits with it (or alone, after rollback)."""
-        assert self.app.sessionmaker is not None
+        """Run the handler in one unit of work with its audit row. A read-only tool reads on the read-only
+        engine (it never takes SQLite's write lock) and its row is group-committed; a writing tool's row
+        commits with its changes; a failed call's row commits alone after the rollback."""
         prepared = None
         if spec.prepare is not None:
             # An optimisation only: when it fails, the handler does the work inside the unit of work and
@@ -288,68 +318,80 @@ class Gate:
             except Exception:  # noqa: BLE001
                 log.warning("prepare step of %s failed; the handler will do the work itself", spec.name,
                             exc_info=True)
-        if session is None:
-            async with self.app.sessionmaker() as own, own.begin():
-                return await self._run_in(spec, caller, args, decision=decision, t0=t0, progress=progress,
-                                          session=own, approval_id=approval_id, prepared=prepared, shared=False)
-        return await self._run_in(spec, caller, args, decision=decision, t0=t0, progress=progress,
-                                  session=session, approval_id=approval_id, prepared=prepared, shared=True)
-
-    async def _run_in(
-        self, spec: ToolSpec, caller: Caller, args: BaseModel, *, decision: str, t0: float,
-        progress: ProgressFn | None, session: AsyncSession, approval_id: str | None, prepared: Any, shared: bool,
-    ) -> CallOutcome:
         call_id = uuid.uuid4().hex[:16]
-        ctx = ToolContext(self.app, session, caller, call_id, approval_id=approval_id, prepared=prepared,
-                          shared_unit_of_work=shared, _progress=progress)
-        outcome: CallOutcome
-        try:
-            savepoint = await session.begin_nested()
-            try:
-                result = await spec.handler(ctx, args)
-                if not isinstance(result, spec.output_model):
-                    raise TypeError(f"{spec.name} returned {type(result).__name__}")
-            except FleetError as exc:
-                # A refusal may have to leave a trace that is part of the answer (a failed-accept
-                # counter, a proposal marked stale): the error says so with keep_changes.
-                await (savepoint.commit() if getattr(exc, "keep_changes", False) else savepoint.rollback())
-                raise
-            except BaseException:
-                await savepoint.rollback()
-                raise
-            await savepoint.commit()
-            data = result.model_dump(mode="json")
-            outcome = CallOutcome(True, data, "")
-            await _record(session, spec, caller, args, t0, decision=decision, outcome="ok",
-                          detail={"call_id": call_id}, approval_id=approval_id)
+        audit_kw = {"decision": decision, "approval_id": approval_id}
+        if session is not None:
+            return await self._run_shared(spec, caller, args, t0, call_id, progress, session, prepared, audit_kw)
+        if spec.read_only:
+            assert self.app.read_sessionmaker is not None
+            async with self.app.read_sessionmaker() as read:  # never committed; the engine refuses writes
+                ctx = ToolContext(self.app, read, caller, call_id, approval_id=approval_id, prepared=prepared,
+                                  _progress=progress)
+                try:
+                    data = await _invoke(spec, ctx, args)
+                except Exception as exc:  # noqa: BLE001 - shaped by _failure
+                    outcome, state, detail = _failure(spec, exc, call_id)
+                else:
+                    outcome, state, detail = CallOutcome(True, data, ""), "ok", {"call_id": call_id}
+            await self._audit_only(spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
             return outcome
-        except FleetError as exc:
-            err = exc.to_dict()
-            outcome = CallOutcome(False, {"status": "error", "error": err}, str(exc))
-            result_state = "error"
-            detail: dict[str, Any] = {"call_id": call_id, "error": err}
-        except Exception:
-            ref = uuid.uuid4().hex[:12]
-            log.exception("internal error in %s (reference %s)", spec.name, ref)
-            outcome = CallOutcome(
-                False, {"status": "error", "error": {"code": "internal", "reference": ref}},
-                f"Internal error in {spec.name} (reference {ref}); nothing was changed. "
-                "Report the reference to the operator; details are in the server log.",
-            )
-            result_state = "internal_error"
-            detail = {"call_id": call_id, "reference": ref}
-        await _record(session, spec, caller, args, t0, decision=decision, outcome=result_state, detail=detail,
-                      approval_id=approval_id)
+
+        assert self.app.sessionmaker is not None
+        own = self.app.sessionmaker()
+        try:
+            await own.begin()
+            ctx = ToolContext(self.app, own, caller, call_id, approval_id=approval_id, prepared=prepared,
+                              _progress=progress)
+            try:
+                data = await _invoke(spec, ctx, args)
+            except Exception as exc:  # noqa: BLE001 - shaped by _failure
+                outcome, state, detail = _failure(spec, exc, call_id)
+                if getattr(exc, "keep_changes", False):
+                    # A refusal that must leave a trace (a failed-accept counter, a proposal marked stale).
+                    await _record(own, spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
+                    await own.commit()
+                    return outcome
+                await own.rollback()
+            else:
+                await _record(own, spec, caller, args, t0, outcome="ok", detail={"call_id": call_id}, **audit_kw)
+                try:
+                    await own.commit()
+                    return CallOutcome(True, data, "")
+                except Exception as exc:  # noqa: BLE001 - a constraint or connection failure at commit
+                    await own.rollback()
+                    outcome, state, detail = _failure(spec, exc, call_id)
+        finally:
+            await own.close()
+        await self._audit_only(spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
         return outcome
 
-    async def _audit_only(
-        self, spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], decision: str, outcome: str,
-        t0: float, detail: dict[str, Any] | None = None, approval_id: str | None = None,
-    ) -> None:
-        assert self.app.sessionmaker is not None
-        async with self.app.sessionmaker() as session, session.begin():
-            await _record(session, spec, caller, args, t0, decision=decision, outcome=outcome, detail=detail,
-                          approval_id=approval_id)
+    async def _run_shared(self, spec: ToolSpec, caller: Caller, args: BaseModel, t0: float, call_id: str,
+                          progress: ProgressFn | None, session: AsyncSession, prepared: Any,
+                          audit_kw: dict[str, Any]) -> CallOutcome:
+        """Inside a unit of work that is not the call's own (an approval's): the handler's changes live in a
+        savepoint, so a failure undoes them and leaves the owner's work and the audit row in place."""
+        ctx = ToolContext(self.app, session, caller, call_id, approval_id=audit_kw["approval_id"],
+                          prepared=prepared, shared_unit_of_work=True, _progress=progress)
+        savepoint = await session.begin_nested()
+        try:
+            data = await _invoke(spec, ctx, args)
+        except Exception as exc:  # noqa: BLE001 - shaped by _failure
+            await (savepoint.commit() if getattr(exc, "keep_changes", False) else savepoint.rollback())
+            outcome, state, detail = _failure(spec, exc, call_id)
+        except BaseException:
+            await savepoint.rollback()
+            raise
+        else:
+            await savepoint.commit()
+            outcome, state, detail = CallOutcome(True, data, ""), "ok", {"call_id": call_id}
+        await _record(session, spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
+        return outcome
+
+    async def _audit_only(self, spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], t0: float,
+                          **kw: Any) -> None:
+        """The audit row of a call that wrote nothing, group-committed; returns once it is durable."""
+        assert self.app.audit_writer is not None
+        await self.app.audit_writer.append(**_row(spec, caller, args, t0, **kw))
 
     async def _queue(self, spec: ToolSpec, caller: Caller, args: BaseModel, verdict: Verdict, t0: float) -> CallOutcome:
         from fleet_mcp import approvals

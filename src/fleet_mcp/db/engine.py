@@ -9,6 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_only
 
+from fleet_mcp.db import sqlite_inline
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -16,15 +18,18 @@ def is_sqlite(url: str) -> bool:
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False) -> AsyncEngine:
     """Create an async engine; on SQLite every transaction begins IMMEDIATE so writers queue, not fail.
-    A `readonly` SQLite engine begins plain (deferred) transactions: in WAL mode readers never wait for
-    the writer, so lookups such as token checks need not queue behind tool calls."""
+    A `readonly` engine refuses writes (SQLite `query_only`, PostgreSQL read-only transactions); on SQLite
+    it begins plain (deferred) transactions: in WAL mode readers never wait for the writer, so lookups
+    and read-only tools need not queue behind writes."""
     if is_sqlite(url):
         engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}
+            url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}, module=sqlite_inline.dbapi()
         )
         _install_sqlite_pragmas(engine, readonly=readonly)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+    connect_args = {"server_settings": {"default_transaction_read_only": "on"}} if readonly else {}
+    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
+                               connect_args=connect_args)
 
 
 def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> None:
@@ -34,30 +39,33 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> N
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        # No busy timeout: the driver waits for another process's write lock without blocking the loop.
+        cur.execute("PRAGMA busy_timeout=0")
+        if readonly:
+            cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     if readonly:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin_read(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+            sqlite_inline.run(conn, "BEGIN")
 
         return
 
     # The driver runs in autocommit mode (isolation_level=None); we open transactions ourselves.
     # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
     # would fail with "database is locked" instead of waiting when another writer is active.
-    # Within this process, transactions first queue on an asyncio lock: SQLite's busy handler
-    # sleep-polls, which gives long tails under concurrency; the lock hands over in arrival order.
-    # (Other processes still meet SQLite's own lock and busy timeout.)
+    # Within this process, transactions first queue on an asyncio lock: sleep-polling for SQLite's lock
+    # gives long tails under concurrency; the lock hands over in arrival order. (Against other processes
+    # the driver waits for SQLite's lock with asyncio sleeps.)
     lock = asyncio.Lock()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         await_only(lock.acquire())
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            sqlite_inline.run(conn, "BEGIN IMMEDIATE")
         except BaseException:
             lock.release()
             raise

@@ -1,0 +1,217 @@
+"""An asyncio driver for SQLite that runs short statements on the event loop's own thread.
+
+A local SQLite statement takes microseconds; handing it to a worker thread (aiosqlite) costs about a
+hundred microseconds a hop, several hops a statement, and under load each hop also queues behind every
+other ready task — while the write lock is held. So statements run inline, and only work that can be
+long goes to a thread: `executemany` of many rows and the rest of a large result after its first rows.
+
+Lock waits never block the loop: connections have no SQLite busy timeout; a statement that meets
+SQLITE_BUSY (another process holds the write lock) is retried after an asyncio sleep until the
+connection's `timeout` has passed. Plugged into SQLAlchemy's aiosqlite dialect with `module=`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection, AsyncAdapt_aiosqlite_dbapi
+
+T = TypeVar("T")
+
+#: More parameter sets than this and `executemany` runs in a worker thread.
+THREAD_MANY = 64
+#: Rows fetched inline before the rest of a result is fetched in a worker thread.
+INLINE_ROWS = 256
+_BUSY_SNAPSHOT = 517  # retrying cannot help: the transaction must restart
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "database is locked" in str(exc)
+    return code & 0xFF == sqlite3.SQLITE_BUSY and code != _BUSY_SNAPSHOT
+
+
+class Cursor:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._cursor = conn._conn.cursor()
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+    async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
+        await self._conn._call(False, self._cursor.execute, sql, parameters)
+        return self
+
+    async def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> Cursor:
+        params = seq_of_parameters if isinstance(seq_of_parameters, Sequence) else list(seq_of_parameters)
+        await self._conn._call(len(params) > THREAD_MANY, self._cursor.executemany, sql, params)
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(self._cursor.arraysize if size is None else size)
+
+    async def fetchall(self) -> list[Any]:
+        rows = self._cursor.fetchmany(INLINE_ROWS)
+        if len(rows) == INLINE_ROWS:
+            rows += await asyncio.to_thread(self._cursor.fetchall)
+        return rows
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+
+class Connection:
+    """The awaitable connection SQLAlchemy's aiosqlite adapter expects, over one sqlite3 connection."""
+
+    def __init__(self, conn: sqlite3.Connection, timeout: float) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._timeout = timeout
+
+    @property
+    def _connection(self) -> sqlite3.Connection | None:  # the adapter tests it before commit/rollback
+        return self._conn
+
+    @property
+    def isolation_level(self) -> str | None:
+        assert self._conn is not None
+        return self._conn.isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        assert self._conn is not None
+        self._conn.isolation_level = value
+
+    async def _call(self, threaded: bool, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` (inline, or in a worker thread when it may be long); wait out SQLITE_BUSY asynchronously."""
+        delay, deadline = 0.0005, None
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args) if threaded else fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self._timeout
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.05)
+
+    def cursor(self) -> Cursor:
+        if self._conn is None:
+            raise ValueError("Connection closed")
+        return Cursor(self)
+
+    async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
+        return await self.cursor().execute(sql, parameters)
+
+    async def commit(self) -> None:
+        assert self._conn is not None
+        await self._call(False, self._conn.commit)
+
+    async def rollback(self) -> None:
+        assert self._conn is not None
+        self._conn.rollback()
+
+    async def create_function(self, *args: Any, **kw: Any) -> None:
+        assert self._conn is not None
+        self._conn.create_function(*args, **kw)
+
+    async def close(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+async def connect(database: str, *, timeout: float = 5.0, **kw: Any) -> Connection:  # noqa: ASYNC109 - DBAPI name
+    # check_same_thread=False: a connection is used by one task at a time, sometimes from a worker thread.
+    kw.pop("check_same_thread", None)
+    conn = sqlite3.connect(database, timeout=0, check_same_thread=False, **kw)
+    return Connection(conn, timeout)
+
+
+class _Module:
+    """What the aiosqlite dialect reads from its driver module."""
+
+    Connection = Connection
+    connect = staticmethod(connect)
+    DatabaseError = sqlite3.DatabaseError
+    Error = sqlite3.Error
+    IntegrityError = sqlite3.IntegrityError
+    NotSupportedError = sqlite3.NotSupportedError
+    OperationalError = sqlite3.OperationalError
+    ProgrammingError = sqlite3.ProgrammingError
+    sqlite_version = sqlite3.sqlite_version
+    sqlite_version_info = sqlite3.sqlite_version_info
+    __version__ = "fleet-inline"
+
+
+class _AdaptedConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._connection.isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        self._connection.isolation_level = value
+
+
+class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    def __init__(self) -> None:
+        super().__init__(_Module, sqlite3)  # type: ignore[arg-type]
+
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        from sqlalchemy.util import await_only
+
+        return _AdaptedConnection(self, await_only(connect(*arg, **kw)))
+
+
+def run(sa_connection: Any, sql: str) -> None:
+    """Run one statement straight on the driver connection of a SQLAlchemy connection, from inside its
+    greenlet (an engine event): BEGIN without the cost of SQLAlchemy's execution machinery."""
+    from sqlalchemy.util import await_only
+
+    conn = sa_connection.connection.driver_connection
+    await_only(conn._call(False, conn._conn.execute, sql))
+
+
+def dbapi() -> InlineDBAPI:
+    """The `module=` to give `create_async_engine` for a `sqlite+aiosqlite://` URL."""
+    return InlineDBAPI()
