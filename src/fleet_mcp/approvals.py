@@ -123,11 +123,26 @@ async def get(session: AsyncSession, approval_id: str, account_id: int, *, lock:
 
 async def list_requests(session: AsyncSession, account_id: int, status: str | None = None,
                         limit: int = 100) -> list[ApprovalRequest]:
+    """Newest first; `status` is the status `to_dict` shows (a pending request past its expiry is expired
+    even before the scheduler's sweep records it — listing never writes)."""
     stmt = (select(ApprovalRequest).where(ApprovalRequest.account_id == account_id)
             .order_by(ApprovalRequest.created_at.desc()).limit(limit))
-    if status:
+    now = utcnow()
+    overdue = (ApprovalRequest.status == "pending") & (ApprovalRequest.expires_at <= now)
+    if status == "pending":
+        stmt = stmt.where(ApprovalRequest.status == "pending", ApprovalRequest.expires_at > now)
+    elif status == "expired":
+        stmt = stmt.where((ApprovalRequest.status == "expired") | overdue)
+    elif status:
         stmt = stmt.where(ApprovalRequest.status == status)
     return list((await session.execute(stmt)).scalars().all())
+
+
+def shown_status(req: ApprovalRequest, now: dt.datetime | None = None) -> str:
+    """The status to show: a pending request past its expiry can no longer be decided, so it is expired."""
+    if req.status == "pending" and req.expires_at <= (now or utcnow()):
+        return "expired"
+    return req.status
 
 
 async def sweep_expired(session: AsyncSession, now: dt.datetime | None = None) -> int:
@@ -222,7 +237,7 @@ def to_dict(req: ApprovalRequest) -> dict[str, Any]:
         "tool": req.tool,
         "arguments": req.arguments_masked,
         "requested_by": req.requested_by,
-        "status": req.status,
+        "status": shown_status(req),
         "rule": req.rule,
         "approvers": req.approvers,
         "min_approvals": req.min_approvals,

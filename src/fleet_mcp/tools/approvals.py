@@ -46,7 +46,6 @@ class ListOut(BaseModel):
       toolset="approvals", read_only=True, idempotent=True)
 async def approvals_list(ctx: ToolContext, args: ListArgs) -> ListOut:
     """Approval requests of this account, newest first (arguments with secrets masked)."""
-    await approvals.sweep_expired(ctx.session)
     rows = await approvals.list_requests(ctx.session, ctx.principal.account_id, args.status)
     return ListOut(approvals=[ApprovalOut(**approvals.to_dict(r)) for r in rows], count=len(rows))
 
