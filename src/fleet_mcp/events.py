@@ -27,8 +27,7 @@ async def emit(
     event = FleetEvent(
         account_id=account_id, kind=kind, severity=severity, payload=mask(payload or {}), correlation_id=correlation_id
     )
-    session.add(event)
-    await session.flush()
+    session.add(event)  # flushed with the unit of work
     return event
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -56,10 +56,21 @@ class ResourceRef:
     name: str
 
 
+# Statements built once: composing SQLAlchemy expressions costs more than running them on SQLite.
+_GET_BY_KIND: dict[str, Any] = {
+    kind: select(model).where(model.account_id == bindparam("account_id"), model.name == bindparam("name"))
+    for kind, model in MODEL_BY_KIND.items()
+}
+_LIST_BY_KIND: dict[str, Any] = {
+    kind: select(model).where(model.account_id == bindparam("account_id")).order_by(model.name)
+    for kind, model in MODEL_BY_KIND.items()
+}
+_BUMP_BY_DIALECT: dict[str, Any] = {}
+
+
 async def get_resource(session: AsyncSession, account_id: int, kind: str, name: str) -> Any | None:
-    model = MODEL_BY_KIND[check_kind(kind)]
-    stmt = select(model).where(model.account_id == account_id, model.name == name)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    stmt = _GET_BY_KIND[check_kind(kind)]
+    return (await session.execute(stmt, {"account_id": account_id, "name": name})).scalar_one_or_none()
 
 
 async def require_resource(session: AsyncSession, account_id: int, kind: str, name: str) -> Any:
@@ -78,22 +89,23 @@ async def list_resources(session: AsyncSession, account_id: int, kind: str | Non
     """Live rows of one kind (or all kinds, in KINDS order), by name."""
     rows: list[Any] = []
     for k in [check_kind(kind)] if kind else list(KINDS):
-        model = MODEL_BY_KIND[k]
-        stmt = select(model).where(model.account_id == account_id).order_by(model.name)
-        rows.extend((await session.execute(stmt)).scalars().all())
+        rows.extend((await session.execute(_LIST_BY_KIND[k], {"account_id": account_id})).scalars().all())
     return rows
 
 
 async def bump_generation(session: AsyncSession, account_id: int) -> None:
     """Move the account's live generation (an upsert; concurrent writers serialise on its row)."""
     dialect = (await session.connection()).dialect.name
-    ins: Any = postgresql.insert(LiveGeneration) if dialect == "postgresql" else sqlite.insert(LiveGeneration)
-    now = utcnow()
-    stmt = ins.values(account_id=account_id, generation=1, updated_at=now).on_conflict_do_update(
-        index_elements=[LiveGeneration.account_id],
-        set_={"generation": LiveGeneration.generation + 1, "updated_at": now},
-    )
-    await session.execute(stmt)
+    stmt = _BUMP_BY_DIALECT.get(dialect)
+    if stmt is None:
+        ins: Any = postgresql.insert(LiveGeneration) if dialect == "postgresql" else sqlite.insert(LiveGeneration)
+        stmt = _BUMP_BY_DIALECT[dialect] = ins.values(
+            account_id=bindparam("account_id"), generation=1, updated_at=bindparam("now")
+        ).on_conflict_do_update(
+            index_elements=[LiveGeneration.account_id],
+            set_={"generation": LiveGeneration.generation + 1, "updated_at": bindparam("now")},
+        )
+    await session.execute(stmt, {"account_id": account_id, "now": utcnow()})
 
 
 async def live_generation(session: AsyncSession, account_id: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -105,15 +105,17 @@ async def list_enabled_repositories(session: AsyncSession) -> list[GitOpsReposit
     return list((await session.execute(stmt)).scalars().all())
 
 
+# Built once: composing the expression costs more than running it on SQLite.
+_GET = select(GitOpsRepository).where(GitOpsRepository.id == bindparam("id"),
+                                      GitOpsRepository.account_id == bindparam("account_id"))
+_GET_FOR_UPDATE = _GET.with_for_update()
+
+
 async def get_repository(
     session: AsyncSession, *, account_id: int, repository_id: int, for_update: bool = False
 ) -> GitOpsRepository:
-    stmt = select(GitOpsRepository).where(
-        GitOpsRepository.id == repository_id, GitOpsRepository.account_id == account_id
-    )
-    if for_update:
-        stmt = stmt.with_for_update()
-    repo = (await session.execute(stmt)).scalar_one_or_none()
+    stmt = _GET_FOR_UPDATE if for_update else _GET
+    repo = (await session.execute(stmt, {"id": repository_id, "account_id": account_id})).scalar_one_or_none()
     if repo is None:
         raise NotFound(
             f"repository {repository_id} does not exist",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.errors import InvalidArgument
@@ -69,6 +69,7 @@ __all__ = [
     "list_proposals",
     "list_repositories",
     "list_sync_runs",
+    "repository_detail",
     "prefetch",
     "register_repository",
     "reject_proposal",
@@ -87,16 +88,27 @@ async def list_sync_runs(
     session: AsyncSession, *, account_id: int, repository_id: int, limit: int = 20
 ) -> list[GitOpsSyncRun]:
     """Newest first."""
-    if not 1 <= limit <= MAX_LIMIT:
+    return (await repository_detail(session, account_id=account_id, repository_id=repository_id, runs=limit))[1]
+
+
+async def repository_detail(
+    session: AsyncSession, *, account_id: int, repository_id: int, runs: int
+) -> tuple[GitOpsRepository, list[GitOpsSyncRun]]:
+    """A repository and its `runs` newest sync runs (NotFound when the account has no such repository)."""
+    if not 1 <= runs <= MAX_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}")
-    await get_repository(session, account_id=account_id, repository_id=repository_id)
-    stmt = (
-        select(GitOpsSyncRun)
-        .where(GitOpsSyncRun.account_id == account_id, GitOpsSyncRun.repository_id == repository_id)
-        .order_by(GitOpsSyncRun.id.desc())
-        .limit(limit)
-    )
-    return list((await session.execute(stmt)).scalars().all())
+    repo = await get_repository(session, account_id=account_id, repository_id=repository_id)
+    params = {"account_id": account_id, "repository_id": repository_id, "runs": runs}
+    return repo, list((await session.execute(_RECENT_RUNS, params)).scalars().all())
+
+
+_RECENT_RUNS = (
+    select(GitOpsSyncRun)
+    .where(GitOpsSyncRun.account_id == bindparam("account_id"),
+           GitOpsSyncRun.repository_id == bindparam("repository_id"))
+    .order_by(GitOpsSyncRun.id.desc())
+    .limit(bindparam("runs"))
+)
 
 
 async def list_proposals(

@@ -297,11 +297,8 @@ class RepositoryDetail(BaseModel):
 )
 async def get_repository(ctx: ToolContext, args: RepositoryIdArgs) -> RepositoryDetail:
     """Get one repository and its five most recent sync runs."""
-    repo = await service.get_repository(
-        ctx.session, account_id=ctx.principal.account_id, repository_id=args.repository_id
-    )
-    runs = await service.list_sync_runs(
-        ctx.session, account_id=ctx.principal.account_id, repository_id=repo.id, limit=5
+    repo, runs = await service.repository_detail(
+        ctx.session, account_id=ctx.principal.account_id, repository_id=args.repository_id, runs=5
     )
     return RepositoryDetail(repository=RepositoryOut.of(repo), recent_sync_runs=[SyncRunOut.of(r) for r in runs])
 
