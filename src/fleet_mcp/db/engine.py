@@ -60,6 +60,9 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> N
     # gives long tails under concurrency; the lock hands over in arrival order. (Against other processes
     # the driver waits for SQLite's lock with asyncio sleeps.)
     lock = asyncio.Lock()
+    # Keyed by the Connection, not kept in `conn.info`: after a cancelled statement SQLAlchemy invalidates
+    # the connection and `info` raises, which would leave the lock held for good.
+    holders: set[int] = set()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -69,10 +72,11 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> N
         except BaseException:
             lock.release()
             raise
-        conn.info["fleet_write_lock"] = True
+        holders.add(id(conn))
 
     def _release(conn: Any) -> None:
-        if conn.info.pop("fleet_write_lock", False):
+        if id(conn) in holders:
+            holders.discard(id(conn))
             lock.release()
 
     event.listen(engine.sync_engine, "commit", _release)

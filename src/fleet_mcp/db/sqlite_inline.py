@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ class Cursor:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._cursor = conn._conn.cursor()
+        conn._cursors.add(self._cursor)
 
     async def __aenter__(self) -> Cursor:
         return self
@@ -85,7 +87,7 @@ class Cursor:
     async def fetchall(self) -> list[Any]:
         rows = self._cursor.fetchmany(INLINE_ROWS)
         if len(rows) == INLINE_ROWS:
-            rows += await asyncio.to_thread(self._cursor.fetchall)
+            rows += await self._conn._in_thread(self._cursor.fetchall)
         return rows
 
     async def close(self) -> None:
@@ -98,6 +100,7 @@ class Connection:
     def __init__(self, conn: sqlite3.Connection, timeout: float) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._timeout = timeout
+        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
 
     @property
     def _connection(self) -> sqlite3.Connection | None:  # the adapter tests it before commit/rollback
@@ -118,7 +121,7 @@ class Connection:
         delay, deadline = 0.0005, None
         while True:
             try:
-                return await asyncio.to_thread(fn, *args) if threaded else fn(*args)
+                return await self._in_thread(fn, *args) if threaded else fn(*args)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
@@ -128,6 +131,24 @@ class Connection:
                     raise
                 await asyncio.sleep(min(delay, deadline - now))
                 delay = min(delay * 2, 0.05)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` in a worker thread. When the caller is cancelled the statement is interrupted and
+        waited for: nobody may touch the connection (a rollback, a close) while the thread still uses it."""
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if self._conn is not None:
+                self._conn.interrupt()
+            while not work.done():
+                try:
+                    await asyncio.wait([work])
+                except asyncio.CancelledError:
+                    continue
+            if not work.cancelled():
+                work.exception()  # retrieved: the interruption's error is expected
+            raise
 
     def cursor(self) -> Cursor:
         if self._conn is None:
@@ -153,9 +174,18 @@ class Connection:
         self.stop()
 
     def stop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close for real: a transaction or an unfinalized statement left open (a cancelled bulk insert)
+        would otherwise keep the connection, and SQLite's write lock, alive after close()."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for cur in list(self._cursors):
+            cur.close()
+        try:
+            conn.rollback()
+        except sqlite3.Error:
+            pass
+        conn.close()
 
 
 async def connect(database: str, *, timeout: float = 5.0, **kw: Any) -> Connection:  # noqa: ASYNC109 - DBAPI name
