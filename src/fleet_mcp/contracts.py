@@ -18,6 +18,8 @@ def render() -> dict[str, str]:
 def _type_of(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[-1]
+    if schema.get("type") == "object" and "title" in schema and "properties" in schema:
+        return str(schema["title"])  # an inlined model keeps its name as title
     if "anyOf" in schema:
         return " | ".join(_type_of(s, defs) for s in schema["anyOf"])
     if "enum" in schema:

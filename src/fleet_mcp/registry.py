@@ -54,13 +54,13 @@ class ToolSpec:
         )
 
     def input_schema(self) -> dict[str, Any]:
-        schema = self.input_model.model_json_schema()
+        schema = inline_refs(self.input_model.model_json_schema())
         schema.setdefault("properties", {})
         schema["additionalProperties"] = False
         return schema
 
     def output_schema(self) -> dict[str, Any]:
-        return self.output_model.model_json_schema()
+        return inline_refs(self.output_model.model_json_schema())
 
     def contract(self) -> dict[str, Any]:
         """The published JSON contract of this tool (what `tools/<name>.json` holds)."""
@@ -79,6 +79,32 @@ class ToolSpec:
             "inputSchema": self.input_schema(),
             "outputSchema": self.output_schema(),
         }
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with every local `$ref` replaced by its definition (no `$defs` left). Some MCP clients
+    do not resolve references, and validators check a self-contained schema several times faster; the
+    tools' models are not recursive (a recursive one keeps its `$defs`)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(v, seen) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.rsplit("/", 1)[-1]
+            if name in seen:
+                raise RecursionError(name)
+            merged = {**walk(defs[name], (*seen, name)), **{k: walk(v, seen) for k, v in node.items() if k != "$ref"}}
+            return merged
+        return {k: walk(v, seen) for k, v in node.items() if k != "$defs"}
+
+    try:
+        return walk(schema, ())
+    except RecursionError:
+        return schema
 
 
 # Base of tool input models: unknown arguments are refused (no docstring: it would enter every schema).

@@ -189,10 +189,11 @@ def build_server(
     for spec in select(read_only_only=read_only, toolsets=toolsets):
         server.add_tool(_make_tool(app, gate, spec), name=spec.name, title=spec.title,
                         description=spec.description, annotations=spec.annotations)
-        # Publish the registry's own schemas (unknown arguments are refused by the gate).
+        # Publish the registry's own schemas (unknown arguments are refused by the gate; no $refs).
         registered = server._tool_manager.get_tool(spec.name)
         if registered is not None:
             registered.parameters = spec.input_schema()
+            registered.fn_metadata.output_schema = spec.output_schema()
     from fleet_mcp.resources import register_resources
 
     register_resources(server, app, gate)

@@ -32,6 +32,46 @@ def test_every_tool_is_declared_on_purpose() -> None:
             assert not spec.destructive, spec.name
 
 
+def test_published_schemas_are_self_contained() -> None:
+    """No $ref anywhere (clients that cannot resolve references still see every field), and the server
+    publishes the same schemas as the contracts."""
+    for spec in load_tools().values():
+        text = json.dumps(spec.contract())
+        assert "$ref" not in text and "$defs" not in text, spec.name
+
+
+def test_inline_refs_keeps_meaning_and_leaves_recursive_models_alone() -> None:
+    from pydantic import BaseModel
+
+    from fleet_mcp.registry import inline_refs
+
+    class Leaf(BaseModel):
+        x: int
+
+    class Outer(BaseModel):
+        leaf: Leaf
+        leaves: list[Leaf]
+
+    class Node(BaseModel):
+        children: list[Node]
+
+    flat = inline_refs(Outer.model_json_schema())
+    assert flat["properties"]["leaf"]["properties"]["x"]["type"] == "integer"
+    assert flat["properties"]["leaves"]["items"]["title"] == "Leaf"
+    assert "$defs" not in flat
+    recursive = Node.model_json_schema()
+    assert inline_refs(recursive) == recursive
+
+
+@pytest.mark.anyio
+async def test_server_publishes_the_contract_schemas(client) -> None:  # noqa: ANN001
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    specs = load_tools()
+    for name, t in tools.items():
+        assert t.input_schema == specs[name].input_schema(), name
+        assert t.output_schema == specs[name].output_schema(), name
+
+
 def test_tools_folder_is_current() -> None:
     problems = check_contracts(ROOT / "tools", ROOT / "docs")
     assert problems == [], "run `fleet-mcp tools export`: " + "; ".join(problems)

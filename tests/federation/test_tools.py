@@ -87,9 +87,10 @@ def test_contract_of_every_federation_tool() -> None:
     assert {"certificate_pem", "chain_pem", "serial", "not_after"} <= out("system_sdwan_issue_node_certificate")
     assert {"bundle_pem", "bundle_version"} <= out("system_sdwan_get_trust_bundle")
     assert {"federation_peers", "count"} <= out("system_sdwan_list_federation_peers")
-    direction = tools["system_sdwan_verify_federation_handshake"].output_schema()["$defs"]["DirectionOut"]
+    handshake = tools["system_sdwan_verify_federation_handshake"].output_schema()
+    direction = handshake["properties"]["directions"]["items"]
     assert set(direction["properties"]) == {"from", "to", "ok", "error", "tls_version"}
-    peer = tools["system_sdwan_get_federation_peer"].output_schema()["$defs"]["FederationPeerOut"]["properties"]
+    peer = tools["system_sdwan_get_federation_peer"].output_schema()["properties"]["federation_peer"]["properties"]
     assert {
         "id",
         "local_account",
