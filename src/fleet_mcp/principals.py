@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -119,24 +119,27 @@ class RevokedToken(Unauthenticated):
     code = "token_revoked"
 
 
+# Built once (every HTTP request runs it); columns only, no ORM objects to build.
+_BY_TOKEN = (
+    select(ApiToken.token_digest, ApiToken.revoked_at, ApiToken.label, Principal.name, Principal.disabled,
+           Principal.roles, Account.id, Account.name)
+    .join(Principal, ApiToken.principal_id == Principal.id)
+    .join(Account, Principal.account_id == Account.id)
+    .where(ApiToken.token_digest == bindparam("digest"))
+)
+
+
 async def authenticate(session: AsyncSession, token: str) -> Caller:
     """Resolve a bearer token; raises Unauthenticated (unknown) or RevokedToken (revoked/disabled)."""
     digest = token_digest(token)
-    row = (
-        await session.execute(
-            select(ApiToken, Principal, Account)
-            .join(Principal, ApiToken.principal_id == Principal.id)
-            .join(Account, Principal.account_id == Account.id)
-            .where(ApiToken.token_digest == digest)
-        )
-    ).first()
-    if row is None or not hmac.compare_digest(row[0].token_digest, digest):
+    row = (await session.execute(_BY_TOKEN, {"digest": digest})).first()
+    if row is None or not hmac.compare_digest(row[0], digest):
         raise Unauthenticated("unknown bearer token", hint="create one with `fleet-mcp token create`")
-    tok, principal, acct = row
-    if tok.revoked_at is not None or principal.disabled:
+    _, revoked_at, label, name, disabled, roles, account_id, account_name = row
+    if revoked_at is not None or disabled:
         raise RevokedToken("this bearer token was revoked", hint="ask an admin for a new token")
-    return Caller(name=principal.name, account_id=acct.id, account_name=acct.name, roles=tuple(principal.roles),
-                  via="http", token_label=tok.label)
+    return Caller(name=name, account_id=account_id, account_name=account_name, roles=tuple(roles), via="http",
+                  token_label=label)
 
 
 @dataclass(frozen=True)
