@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from fleet_mcp import audit
 from fleet_mcp.db.base import utcnow
@@ -182,7 +183,7 @@ async def test_resume_continues_from_the_cursor(sessionmaker, local_transit, acc
     async with sm() as s:
         job = (await s.execute(select(RotationJob))).scalar_one()
     assert job.status == "paused" and "internal error (Stop)" in (job.error or "")
-    assert job.rewrapped == 40 and job.cursor_account_id == account.id
+    assert job.rewrapped == 40 and job.cursor_account_id is None  # still in the table-wide sweep
     landed = sum(1 for r in await rows_of(sm, account.id) if r.key_version == 2)
     assert landed == 40  # counters and rows moved together
 
@@ -211,3 +212,52 @@ async def test_running_job_of_a_live_process_is_not_taken_over(sessionmaker, loc
     async with sessionmaker() as s, s.begin():
         await s.execute(update(RotationJob).where(RotationJob.id == job.id).values(owner=dead_owner))
     assert (await engine.resume(job.id)).status == "completed"
+
+
+async def test_failed_batch_commit_pauses_with_only_committed_progress(
+    sessionmaker, local_transit, account, other_account
+) -> None:
+    """A batch whose transaction fails (here a trigger refuses the job's third progress save) leaves no
+    trace: the paused job's counters and cursor are those of the last committed batch, matching the rows."""
+    sm = sessionmaker
+    a = await seed(sm, local_transit, account.id, 70)
+    b = await seed(sm, local_transit, other_account.id, 30)
+    async with sm() as s, s.begin():
+        conn = await s.connection()
+        if conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_third BEFORE UPDATE OF batches ON rotation_jobs WHEN NEW.batches = 3 "
+                "BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END"
+            )
+        else:
+            await conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_third() RETURNS trigger AS $$ BEGIN IF NEW.batches = 3 THEN "
+                "RAISE EXCEPTION 'refused by test trigger'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_third BEFORE UPDATE ON rotation_jobs FOR EACH ROW EXECUTE FUNCTION refuse_third()"
+            )
+    engine = RotationEngine(sm, local_transit, batch_size=20)
+    try:
+        await engine.start(started_by="x")
+    except DBAPIError:
+        pass  # not a database outage: the engine pauses the job and re-raises
+    async with sm() as s:
+        job = (await s.execute(select(RotationJob))).scalar_one()
+    assert job.status == "paused" and job.owner is None
+    assert (job.rewrapped, job.batches, job.cursor_account_id) == (40, 2, None)  # in the table-wide sweep
+    landed = sorted(r.id for r in await rows_of(sm, account.id) if r.key_version == 2)
+    assert len(landed) == 40 and job.cursor_row_id == landed[-1]
+    assert job.account_progress[str(account.id)]["rewrapped"] == 40
+
+    async with sm() as s, s.begin():
+        await s.execute(
+            text("DROP TRIGGER refuse_third" + ("" if s.get_bind().dialect.name == "sqlite" else " ON rotation_jobs"))
+        )
+    done = await engine.resume(job.id)
+    assert done.status == "completed" and (done.rewrapped, done.failed, done.skipped) == (100, 0, 0)
+    assert {r.key_version for r in await rows_of(sm)} == {2}
+    assert await plaintexts_of(sm, local_transit, account.id) == a
+    assert await plaintexts_of(sm, local_transit, other_account.id) == b
+    async with sm() as s:
+        assert (await audit.verify(s)).ok

@@ -59,8 +59,9 @@ async def test_openbao_stopped_mid_rotation_pauses_then_resumes(
     assert job.status == "paused"
     assert job.error is not None and f"Vault at {bao.addr} is unreachable" in job.error
     assert f"job_id={job.id}" in job.error  # says how to continue
-    assert job.rewrapped == 100 and job.to_version == 2
-    assert sum(1 for r in await rows_of(sm) if r.key_version == 2) == 100
+    # Two batches were committed before the outage; the page being rewrapped meanwhile may have made it too.
+    assert job.rewrapped in (100, 150) and job.to_version == 2
+    assert sum(1 for r in await rows_of(sm) if r.key_version == 2) == job.rewrapped
     with pytest.raises(Busy):
         await finalize_now(sm, transit)
 

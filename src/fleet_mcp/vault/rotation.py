@@ -3,35 +3,53 @@ batches, crash-safely and resumably.
 
 It is a background job, not a tool call: it owns its transactions through the app's sessionmaker. Each
 batch commits the compare-and-set updates, the job's progress and cursor, and an audit row together, so
-a crash loses at most the batch in flight and a resume continues at the cursor. Finalize and trim (the
+a crash loses at most the batch in flight and a resume continues at the cursor. The rewrap runs in two
+phases: first the whole table in id order (`cursor_account_id` is None meanwhile), then account by account,
+which rewraps what writers left behind and moves each account's key version. Finalize and trim (the
 steps after a rotation) live in `fleet_mcp.vault.finalize` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, bindparam, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleet_mcp import audit, events
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import Account
-from fleet_mcp.errors import Busy, Conflict, FleetError, NotFound
-from fleet_mcp.vault.batches import OldRow, Rewrapped, compare_and_set, read_page
+from fleet_mcp.errors import Busy, Conflict, ExternalError, FleetError, NotFound
+from fleet_mcp.vault.batches import (
+    ACCOUNT_ID,
+    CIPHERTEXT,
+    ID,
+    KEY_VERSION,
+    NAME,
+    OldRow,
+    Rewrapped,
+    compare_and_set,
+    ensure_planner_stats,
+    landed_ids,
+    read_page,
+    read_wide_page,
+)
 from fleet_mcp.vault.finalize import TRIM_WARNING, finalize, trim
 from fleet_mcp.vault.models import JOB_ACTIVE, Credential, RotationFailure, RotationJob
 from fleet_mcp.vault.rotation_jobs import active_job, count_below, get_job, job_info, plan_job
 from fleet_mcp.vault.schemas import RotationJobInfo
 from fleet_mcp.vault.transit import TransitBackend, TransitItemError, ciphertext_version
+from fleet_mcp.vault.transit.ciphertext import PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +60,55 @@ _HOST = socket.gethostname()[:40]
 _instance = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
 _running: set[int] = set()  # jobs this process is driving right now
 _tasks: set[asyncio.Task[Any]] = set()  # strong references to background runs
+
+
+#: The job's columns every progress save writes (besides the JSON ones and the timestamps).
+_SAVED = (
+    "status",
+    "to_version",
+    "total",
+    "rewrapped",
+    "failed",
+    "skipped",
+    "cursor_account_id",
+    "cursor_row_id",
+    "cursor_pass",
+    "batches",
+    "error",
+)
+
+
+@functools.cache
+def _save_stmt(extra: tuple[str, ...]) -> Update:
+    """The progress UPDATE for a set of extra columns, guarded by ownership; bound as `p_<column>`."""
+    t = RotationJob.__table__
+    cols = (*_SAVED, "account_progress", "skipped_accounts", "heartbeat_at", "updated_at", *extra)
+    return (
+        update(t)
+        .where(t.c.id == bindparam("w_job_id"), t.c.owner == bindparam("w_owner"))
+        .values({c: bindparam(f"p_{c}", type_=t.c[c].type) for c in cols})
+    )
+
+
+#: What a batch commit records: a pause starts again from these.
+_PROGRESS = (
+    RotationJob.total,
+    RotationJob.rewrapped,
+    RotationJob.failed,
+    RotationJob.skipped,
+    RotationJob.account_progress,
+    RotationJob.skipped_accounts,
+    RotationJob.cursor_account_id,
+    RotationJob.cursor_row_id,
+    RotationJob.cursor_pass,
+    RotationJob.batches,
+)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _tasks.discard(task)
+    if not task.cancelled():
+        task.exception()  # a rewrap abandoned after a failure elsewhere: its error is not news
 
 
 def instance_id() -> str:
@@ -232,27 +299,20 @@ class RotationEngine:
         """Write the job's progress in `s` — only while this process still owns the job."""
         now = utcnow()
         job.heartbeat_at = job.updated_at = now
-        res = await s.execute(
-            update(RotationJob)
-            .where(RotationJob.id == job.id, RotationJob.owner == instance_id())
-            .values(
-                status=job.status,
-                to_version=job.to_version,
-                total=job.total,
-                rewrapped=job.rewrapped,
-                failed=job.failed,
-                skipped=job.skipped,
-                account_progress=dict(job.account_progress),
-                skipped_accounts=list(job.skipped_accounts),
-                cursor_account_id=job.cursor_account_id,
-                cursor_row_id=job.cursor_row_id,
-                cursor_pass=job.cursor_pass,
-                batches=job.batches,
-                error=job.error,
-                heartbeat_at=now,
-                updated_at=now,
-                **extra,
-            )
+        values = {c: getattr(job, c) for c in _SAVED}
+        values.update(
+            account_progress=dict(job.account_progress),
+            skipped_accounts=list(job.skipped_accounts),
+            heartbeat_at=now,
+            updated_at=now,
+            **extra,
+        )
+        # A statement built once per set of columns: building and caching a fresh UPDATE every batch costs
+        # more than running it.
+        params = {f"p_{k}": v for k, v in values.items()}
+        conn = await s.connection()
+        res = await conn.execute(
+            _save_stmt(tuple(sorted(extra))), {"w_job_id": job.id, "w_owner": instance_id(), **params}
         )
         if res.rowcount != 1:
             raise _LostOwnership()
@@ -284,8 +344,17 @@ class RotationEngine:
             )
         job.owner = None
 
+    async def _reload_progress(self, job: RotationJob) -> None:
+        """Take the job's progress from its row: what the last committed batch recorded. A batch whose
+        transaction failed (or was interrupted) moved the counters in memory only."""
+        async with self.sm() as s:
+            row = (await s.execute(select(*_PROGRESS).where(RotationJob.id == job.id))).one()
+        for col, value in zip(_PROGRESS, row, strict=True):
+            setattr(job, col.key, value)
+
     async def _pause(self, job: RotationJob, error: str) -> None:
         try:
+            await self._reload_progress(job)
             await self._end(job, "paused", error)
         except _LostOwnership:
             pass
@@ -303,11 +372,20 @@ class RotationEngine:
                 await self._rotate_phase(job)
                 await report(f"rotated {job.key_name} to v{job.to_version}; {job.total} ciphertexts to rewrap")
             if job.reencrypt_existing:
+                async with self.sm() as s, s.begin():
+                    await ensure_planner_stats(s)
                 async with self.sm() as s:
                     accounts = (await s.execute(select(Account.id, Account.name).order_by(Account.id))).all()
+                swept = job.cursor_account_id is None
+                if swept:
+                    # Phase one: the whole table in id order. Phase two, account by account, then finds
+                    # (almost) nothing left to rewrap and moves each account's key version.
+                    await self._sweep(job, None, dict(accounts), report)
+                    job.cursor_account_id = accounts[0].id if accounts else None
+                    job.cursor_row_id = job.cursor_pass = 0
                 for account_id, name in accounts:
                     if job.cursor_account_id is None or account_id >= job.cursor_account_id:
-                        await self._rewrap_account(job, account_id, name, report)
+                        await self._rewrap_account(job, account_id, name, report, swept=swept)
                 await self._recheck(job, report)
             status = "completed_with_failures" if job.failed else "completed"
             await self._end(job, status, None)
@@ -349,7 +427,7 @@ class RotationEngine:
             job.to_version = to
             job.account_progress = {str(a.id): _progress_entry(a.name, int(counts.get(a.id, 0))) for a in accounts}
             job.total = sum(int(n) for n in counts.values())
-            job.cursor_account_id = accounts[0].id if accounts else None
+            job.cursor_account_id = None  # the table-wide sweep comes first
             job.cursor_row_id = job.cursor_pass = 0
             await self._save(s, job)
             await self._audit(
@@ -387,43 +465,91 @@ class RotationEngine:
                 await self._rewrap_account(job, account_id, name, report)
 
     async def _rewrap_account(
-        self, job: RotationJob, account_id: int, name: str, report: Callable[[str], Awaitable[None]]
+        self,
+        job: RotationJob,
+        account_id: int,
+        name: str,
+        report: Callable[[str], Awaitable[None]],
+        *,
+        swept: bool = False,
     ) -> None:
+        """Sweep one account (again, after the table-wide sweep when `swept`) and move its key version."""
         st = job.account_progress.setdefault(str(account_id), _progress_entry(name, 0))
+        st["name"] = name
         if st["status"] in ("done", "done_with_failures", "skipped"):
             return
-        if job.cursor_account_id != account_id:
+        if job.cursor_account_id != account_id or (swept and job.cursor_row_id == 0):
             job.cursor_account_id, job.cursor_row_id, job.cursor_pass = account_id, 0, 0
-        async with self.sm() as s:
-            rows, remaining = await self._page(s, job, account_id)
+            if swept:
+                # The table-wide sweep was this account's first pass; rows below the target now were
+                # written behind it: a second pass, counted as such.
+                async with self.sm() as s:
+                    remaining = await self._remaining(s, job, account_id)
+                if not remaining:
+                    await self._finish_account(job, account_id, name, st, 0)
+                    return
+                job.cursor_pass = 1
+                job.total += remaining
+                st["total"] += remaining
         while True:
-            if rows:
-                rows, remaining = await self._batch(job, account_id, name, st, rows)
-                await report(f"account {name}: {st['rewrapped'] + st['failed'] + st['skipped']}/{st['total']}")
-            elif remaining and job.cursor_pass + 1 < self.max_passes:
+            remaining = await self._sweep(job, account_id, {account_id: name}, report)
+            if remaining and job.cursor_pass + 1 < self.max_passes:
                 # Rows below the target behind the cursor: a writer that encrypted before the rotation and
                 # committed after we passed. Sweep the account again.
                 job.cursor_row_id, job.cursor_pass = 0, job.cursor_pass + 1
                 job.total += remaining
                 st["total"] += remaining
-                async with self.sm() as s:
-                    rows, remaining = await self._page(s, job, account_id)
-            else:
-                await self._finish_account(job, account_id, name, st, remaining)
-                return
+                continue
+            await self._finish_account(job, account_id, name, st, remaining)
+            return
 
-    async def _page(self, s: AsyncSession, job: RotationJob, account_id: int) -> tuple[list[OldRow], int]:
-        """The next page after the cursor; when it is empty, how many rows are still below the target."""
+    async def _sweep(
+        self,
+        job: RotationJob,
+        account_id: int | None,
+        names: dict[int, str],
+        report: Callable[[str], Awaitable[None]],
+    ) -> int:
+        """One pass from the cursor over one account, or over the whole table when `account_id` is None;
+        return how many rows of the account are still below the target (0 for the whole table).
+
+        A two-stage pipeline: while one page's compare-and-set commits, the next page is already being
+        rewrapped (by Vault, or by the local keyring on a worker thread). Pages commit strictly in order,
+        one transaction each, so the cursor and the counters only ever cover committed rows."""
+        async with self.sm() as s:
+            cur = await self._read(s, job, account_id, job.cursor_row_id)
+            nxt = await self._read(s, job, account_id, cur[-1][ID]) if cur else []
+        work = self._rewrap(cur) if cur else None
+        try:
+            while cur:
+                assert work is not None
+                results = await work
+                work = self._rewrap(nxt) if nxt else None
+                # The commit reads the page after `nxt`: it is next to be rewrapped while `nxt` commits.
+                ahead, message = await self._commit(job, account_id, names, cur, results, nxt[-1][ID] if nxt else None)
+                await report(message)
+                cur, nxt = nxt, ahead
+        finally:
+            if work is not None and not work.done():
+                work.cancel()  # nothing of it was written; its rows are read again from the cursor
+        if account_id is None:
+            return 0
+        async with self.sm() as s:
+            return await self._remaining(s, job, account_id)
+
+    def _rewrap(self, rows: Sequence[OldRow]) -> asyncio.Task[list[str | TransitItemError]]:
+        task = asyncio.ensure_future(self.transit.rewrap_batch([r[CIPHERTEXT] for r in rows]))
+        _tasks.add(task)
+        task.add_done_callback(_forget)
+        return task
+
+    async def _read(self, s: AsyncSession, job: RotationJob, account_id: int | None, after_id: int) -> Sequence[OldRow]:
         assert job.to_version is not None
-        rows = await read_page(
-            s,
-            account_id=account_id,
-            below=job.to_version,
-            after_id=job.cursor_row_id,
-            job_id=job.id,
-            limit=job.batch_size,
+        if account_id is None:
+            return await read_wide_page(s, below=job.to_version, after_id=after_id, job_id=job.id, limit=job.batch_size)
+        return await read_page(
+            s, account_id=account_id, below=job.to_version, after_id=after_id, job_id=job.id, limit=job.batch_size
         )
-        return rows, (0 if rows else await self._remaining(s, job, account_id))
 
     async def _remaining(self, s: AsyncSession, job: RotationJob, account_id: int) -> int:
         assert job.to_version is not None
@@ -442,70 +568,123 @@ class RotationEngine:
             ).scalar_one()
         )
 
-    async def _batch(
-        self, job: RotationJob, account_id: int, name: str, st: dict[str, Any], rows: list[OldRow]
-    ) -> tuple[list[OldRow], int]:
-        """Rewrap one page and commit it; read the next page in the same transaction (one fewer round trip)."""
+    def _sort(
+        self,
+        job: RotationJob,
+        account_id: int | None,
+        rows: Sequence[OldRow],
+        results: list[str | TransitItemError],
+    ) -> tuple[list[Rewrapped], list[RotationFailure]]:
+        """Split a page's rewrap results into compare-and-set updates and failures to record."""
         to = job.to_version
         assert to is not None
-        # With Vault the plaintext never leaves Vault: ciphertext goes in, ciphertext comes back.
-        results = await self.transit.rewrap_batch([r.ciphertext for r in rows])
+        if len(rows) != len(results):
+            raise ExternalError(f"the transit backend answered {len(results)} results for {len(rows)} ciphertexts")
+        first = results[0] if results else None
+        version = ciphertext_version(first) if type(first) is str else None
+        if version is not None and version >= to:
+            # The usual page: every item came back at one version. One C-level pass checks it.
+            try:
+                uniform = all(map(str.startswith, results, repeat(f"{PREFIX}{version}:")))  # type: ignore[arg-type]
+            except TypeError:  # an item error among them
+                uniform = False
+            if uniform:
+                return list(zip(results, repeat(version), (r[ID] for r in rows), (r[CIPHERTEXT] for r in rows))), []  # type: ignore[arg-type]
         updates: list[Rewrapped] = []
         failures: list[RotationFailure] = []
         for r, res in zip(rows, results, strict=True):
             if isinstance(res, TransitItemError):
                 error = res.message
             elif (version := ciphertext_version(res)) is not None and version >= to:
-                updates.append(Rewrapped(r.id, r.ciphertext, res, version))
+                updates.append((res, version, r[ID], r[CIPHERTEXT]))
                 continue
             else:
                 error = f"rewrap answered version {version}, below the target v{to}"
             failures.append(
                 RotationFailure(
                     job_id=job.id,
-                    credential_id=r.id,
-                    account_id=account_id,
-                    credential_name=r.name,
-                    key_version=r.key_version,
+                    credential_id=r[ID],
+                    account_id=account_id if account_id is not None else r[ACCOUNT_ID],  # type: ignore[misc]
+                    credential_name=r[NAME],
+                    key_version=r[KEY_VERSION],
                     error=error,
                 )
             )
+        return updates, failures
+
+    async def _commit(
+        self,
+        job: RotationJob,
+        account_id: int | None,
+        names: dict[int, str],
+        rows: Sequence[OldRow],
+        results: list[str | TransitItemError],
+        read_after: int | None,
+    ) -> tuple[Sequence[OldRow], str]:
+        """Commit one rewrapped page with the job's progress and its audit row; in the same transaction read
+        the page after `read_after` (one fewer round trip), or nothing when it is None. Returns that page and
+        a progress message."""
+        to = job.to_version
+        assert to is not None
+        updates, failures = self._sort(job, account_id, rows, results)
         async with self.sm() as s, s.begin():
             landed = await compare_and_set(s, updates)
-            s.add_all(failures)
+            if failures:
+                s.add_all(failures)
+            # Per account: [rewrapped, failed, skipped].
+            if account_id is not None:
+                per = {account_id: [landed, len(failures), len(updates) - landed]}
+            else:
+                owner = {r[ID]: r[ACCOUNT_ID] for r in rows}  # type: ignore[misc]
+                kept = None if landed == len(updates) else await landed_ids(s, updates)
+                per = {}
+                for u in updates:
+                    counts = per.setdefault(owner[u[2]], [0, 0, 0])
+                    counts[0 if kept is None or u[2] in kept else 2] += 1
+                for f in failures:
+                    per.setdefault(f.account_id, [0, 0, 0])[1] += 1
             skipped = len(updates) - landed
             job.rewrapped += landed
             job.failed += len(failures)
             job.skipped += skipped
             job.batches += 1
-            st["rewrapped"] += landed
-            st["failed"] += len(failures)
-            st["skipped"] += skipped
-            st["status"] = "running"
-            processed = st["rewrapped"] + st["failed"] + st["skipped"]
-            if processed > st["total"]:  # rows that appeared after the job counted them (new accounts, late writers)
-                job.total += processed - st["total"]
-                st["total"] = processed
-            job.cursor_row_id = rows[-1].id
+            for acct, (rewrapped, failed, skipped_here) in per.items():
+                name = names.get(acct, str(acct))
+                st = job.account_progress.setdefault(str(acct), _progress_entry(name, 0))
+                st["rewrapped"] += rewrapped
+                st["failed"] += failed
+                st["skipped"] += skipped_here
+                if st["status"] == "pending":
+                    st["status"] = "running"
+                processed = st["rewrapped"] + st["failed"] + st["skipped"]
+                if processed > st["total"]:  # rows that appeared after the job counted them (late writers)
+                    job.total += processed - st["total"]
+                    st["total"] = processed
+            job.cursor_row_id = rows[-1][ID]
             await self._save(s, job)
-            await self._audit(
-                s,
-                job,
-                name,
-                "batch_committed",
-                {
-                    "account_id": account_id,
-                    "rewrapped": landed,
-                    "failed": len(failures),
-                    "skipped": skipped,
-                    "first_id": rows[0].id,
-                    "last_id": rows[-1].id,
-                    "to_version": to,
-                },
-                batch=job.batches,
-            )
-            await s.flush()  # the failures must be visible to the next page's query
-            return await self._page(s, job, account_id)
+            accounts = sorted(per)
+            single = names.get(accounts[0], str(accounts[0])) if len(accounts) == 1 else None
+            detail: dict[str, Any] = {
+                "rewrapped": landed,
+                "failed": len(failures),
+                "skipped": skipped,
+                "first_id": rows[0][ID],
+                "last_id": rows[-1][ID],
+                "to_version": to,
+            }
+            if account_id is not None:
+                detail["account_id"] = account_id
+            else:
+                detail["account_ids"] = accounts
+            await self._audit(s, job, single or "-", "batch_committed", detail, batch=job.batches)
+            ahead = await self._read(s, job, account_id, read_after) if read_after is not None else []
+        if single is not None:
+            st = job.account_progress[str(accounts[0])]
+            message = f"account {single}: {st['rewrapped'] + st['failed'] + st['skipped']}/{st['total']}"
+        else:
+            label = ", ".join(names.get(a, str(a)) for a in accounts)
+            message = f"accounts {label}: {job.rewrapped + job.failed + job.skipped}/{job.total}"
+        return ahead, message
 
     async def _finish_account(
         self, job: RotationJob, account_id: int, name: str, st: dict[str, Any], remaining: int

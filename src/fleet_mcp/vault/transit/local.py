@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import anyio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Row, Select, delete, event, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row, Select, delete, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -36,6 +36,8 @@ from fleet_mcp.vault.transit.ciphertext import PREFIX
 
 _NONCE = 12
 _TAG = 16
+#: Batches at least this long are rewrapped on a worker thread (a thread hop costs about 50 rows).
+_THREAD_AT = 256
 
 
 class _Config(NamedTuple):
@@ -84,17 +86,15 @@ class LocalTransit(TransitBackend):
             raise ExternalError("the local transit needs a sessionmaker bound to an AsyncEngine")
         url = bind.url
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            # Autocommit reads only: nothing to roll back when a connection returns to the pool.
+            # Autocommit reads only: nothing to roll back when a connection returns to the pool. The same
+            # driver as the app's engine (which may run statements inline instead of on a thread per
+            # connection); the driver's `timeout` covers a busy database.
             reader = create_async_engine(
-                url, connect_args={"timeout": 30, "isolation_level": None}, pool_reset_on_return=None
+                url,
+                connect_args={"timeout": 30, "isolation_level": None},
+                pool_reset_on_return=None,
+                module=bind.dialect.loaded_dbapi,
             )
-
-            @event.listens_for(reader.sync_engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.close()
-
             self._reader, self._own_reader = reader, True
         else:
             self._reader = bind
@@ -102,19 +102,28 @@ class LocalTransit(TransitBackend):
 
     async def _read(self, stmt: Select[Any]) -> list[Row[Any]]:
         engine = self._reader_engine()
-        if not self._own_reader:
+        keep = self._own_reader or engine.dialect.name == "postgresql"
+        if not keep:
             async with engine.connect() as conn:
                 return list((await conn.execute(stmt)).all())
-        # SQLite: a pool checkout costs more than the query itself, and this runs once per batch call.
+        # One connection kept for these reads, which run once per batch call: a pool checkout (with its
+        # pre-ping) and a BEGIN/ROLLBACK pair cost more than the query. On PostgreSQL it is in autocommit
+        # mode; a kept connection that went stale is replaced once.
         async with self._conn_lock:
-            if self._conn is None:
-                self._conn = await engine.connect()
-            try:
-                return list((await self._conn.execute(stmt)).all())
-            except Exception:
-                conn, self._conn = self._conn, None
-                await conn.close()
-                raise
+            while True:
+                fresh = self._conn is None
+                if self._conn is None:
+                    conn = await engine.connect()
+                    if not self._own_reader:
+                        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    self._conn = conn
+                try:
+                    return list((await self._conn.execute(stmt)).all())
+                except Exception as exc:
+                    conn, self._conn = self._conn, None
+                    await conn.close()
+                    if fresh or not isinstance(exc, DBAPIError):
+                        raise
 
     async def _config(self) -> _Config:
         rows = await self._read(self._config_stmt)
@@ -331,19 +340,10 @@ class LocalTransit(TransitBackend):
     async def rewrap_batch(self, ciphertexts: Sequence[str]) -> list[str | TransitItemError]:
         cfg = await self._config()
         keys = await self._keys_for(cfg)
-        plaintexts = _open_all(ciphertexts, cfg, keys)
-        enc = keys[cfg.latest]
-        prefix = f"{PREFIX}{cfg.latest}:"
-        rnd = os.urandom(_NONCE * len(plaintexts))
-        b2a = binascii.b2a_base64
-        out: list[str | TransitItemError] = []
-        for i, pt in enumerate(plaintexts):
-            if isinstance(pt, TransitItemError):
-                out.append(pt)
-                continue
-            nonce = rnd[i * _NONCE : (i + 1) * _NONCE]
-            out.append(prefix + b2a(nonce + enc.encrypt(nonce, pt, None), newline=False).decode("ascii"))
-        return out
+        if len(ciphertexts) < _THREAD_AT:
+            return _rewrap_all(ciphertexts, cfg, keys)
+        # A rotation's page: on a worker thread, so the event loop keeps driving the database meanwhile.
+        return await anyio.to_thread.run_sync(_rewrap_all, ciphertexts, cfg, dict(keys))
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -356,13 +356,40 @@ class LocalTransit(TransitBackend):
         self._keys.clear()
 
 
+def _rewrap_all(ciphertexts: Sequence[str], cfg: _Config, keys: dict[int, AESGCM]) -> list[str | TransitItemError]:
+    """Decrypt, then encrypt under the latest version: the plaintexts never leave this function."""
+    plaintexts = _open_all(ciphertexts, cfg, keys)
+    enc = keys[cfg.latest]
+    prefix = f"{PREFIX}{cfg.latest}:"
+    rnd = os.urandom(_NONCE * len(plaintexts))
+    b2a = binascii.b2a_base64
+    out: list[str | TransitItemError] = []
+    for i, pt in enumerate(plaintexts):
+        if isinstance(pt, TransitItemError):
+            out.append(pt)
+            continue
+        nonce = rnd[i * _NONCE : (i + 1) * _NONCE]
+        out.append(prefix + b2a(nonce + enc.encrypt(nonce, pt, None), newline=False).decode("ascii"))
+    return out
+
+
 def _open_all(ciphertexts: Sequence[str], cfg: _Config, keys: dict[int, AESGCM]) -> list[bytes | TransitItemError]:
     """Decrypt many ciphertexts: a tight loop for well-formed ones (the rotation's hot path); anything
     unusual falls back to `_parse`/`_open`, which name the problem the way Vault does."""
     a2b = binascii.a2b_base64
     lo, hi = cfg.min_dec, cfg.latest
     out: list[bytes | TransitItemError] = []
+    # The `vault:vN:` prefix of the last good ciphertext, its length and key: a page is usually all one
+    # version, so most items skip parsing the version.
+    last, cut, last_key = "\0", 0, None
     for ct in ciphertexts:
+        if ct.startswith(last):
+            try:
+                raw = a2b(ct[cut:], strict_mode=True)
+                out.append(last_key.decrypt(raw[:_NONCE], raw[_NONCE:], None))  # type: ignore[union-attr]
+                continue
+            except Exception:  # noqa: S110 - the paths below report what is wrong
+                pass
         try:
             if ct.startswith(PREFIX):
                 head, sep, body = ct[len(PREFIX) :].partition(":")
@@ -370,6 +397,8 @@ def _open_all(ciphertexts: Sequence[str], cfg: _Config, keys: dict[int, AESGCM])
                 if sep and lo <= version <= hi and version > 0:
                     raw = a2b(body, strict_mode=True)
                     out.append(keys[version].decrypt(raw[:_NONCE], raw[_NONCE:], None))
+                    last, last_key = f"{PREFIX}{head}:", keys[version]
+                    cut = len(last)
                     continue
         except Exception:  # noqa: S110 - the slow path below reports what is wrong
             pass

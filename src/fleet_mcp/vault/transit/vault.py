@@ -64,6 +64,7 @@ class VaultTransit(TransitBackend):
         mount: str = "transit",
         key_name: str = "fleet-pepper",
         batch_size: int = 250,
+        parallel: int = 4,
         timeout: float = 30.0,
         max_attempts: int = 6,
         backoff: float = 0.25,
@@ -80,6 +81,8 @@ class VaultTransit(TransitBackend):
         self.key_name = key_name
         self.mount = mount.strip("/")
         self.batch_size = max(1, batch_size)
+        #: Chunks of one batch call in flight at once.
+        self.parallel = max(1, parallel)
         self._token = token
         self._role_id = role_id
         self._secret_id = secret_id
@@ -233,26 +236,46 @@ class VaultTransit(TransitBackend):
     async def _batched(
         self, what: str, items: list[dict[str, str]], action: str, *, fail_400_per_item: bool
     ) -> list[dict[str, Any]]:
-        """POST items in chunks of `batch_size`; halve the chunk when the server finds it too complex."""
+        """POST items in chunks of `batch_size`, up to `parallel` chunks at once (each on its own worker thread
+        and connection, so the server works on them side by side); halve the chunk when the server finds it
+        too complex, and send again from the first chunk it refused."""
         out: list[dict[str, Any]] = []
         i = 0
         while i < len(items):
-            chunk = items[i : i + self.batch_size]
-            try:
-                results = await self._call(
-                    what, lambda c, chunk=chunk: _post_batch(c, self._path(action), chunk, fail_400_per_item)
-                )
-            except _TooComplex:
-                if self.batch_size == 1:
-                    raise InvalidArgument(f"Vault refused a single-item {what} as too complex") from None
-                self.batch_size = max(1, self.batch_size // 2)
-                log.info("vault %s: batch too complex, halving to %d", what, self.batch_size)
-                continue
-            if len(results) != len(chunk):
-                raise ExternalError(f"Vault answered {len(results)} results for {len(chunk)} {what} items")
-            out.extend(results)
-            i += len(chunk)
+            size = self.batch_size
+            chunks = [items[j : j + size] for j in range(i, min(len(items), i + size * self.parallel), size)]
+            answers: list[Any] = [None] * len(chunks)
+            if len(chunks) == 1:
+                await self._send(what, action, chunks[0], fail_400_per_item, answers, 0)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for k, chunk in enumerate(chunks):
+                        tg.start_soon(self._send, what, action, chunk, fail_400_per_item, answers, k)
+            for chunk, results in zip(chunks, answers, strict=True):
+                if isinstance(results, _TooComplex):
+                    if self.batch_size == 1:
+                        raise InvalidArgument(f"Vault refused a single-item {what} as too complex") from None
+                    if self.batch_size == size:
+                        self.batch_size = max(1, size // 2)
+                        log.info("vault %s: batch too complex, halving to %d", what, self.batch_size)
+                    break
+                if isinstance(results, BaseException):
+                    raise results
+                if len(results) != len(chunk):
+                    raise ExternalError(f"Vault answered {len(results)} results for {len(chunk)} {what} items")
+                out.extend(results)
+                i += len(chunk)
         return out
+
+    async def _send(
+        self, what: str, action: str, chunk: list[dict[str, str]], per_item_400: bool, answers: list[Any], k: int
+    ) -> None:
+        """One chunk's request; its results or its exception go to answers[k] (raised from a task group,
+        the exception would arrive wrapped in an ExceptionGroup)."""
+        try:
+            answers[k] = await self._call(what, lambda c: _post_batch(c, self._path(action), chunk, per_item_400))
+        except Exception as exc:
+            answers[k] = exc
 
     async def encrypt_batch(self, plaintexts: Sequence[bytes]) -> list[str]:
         import base64
