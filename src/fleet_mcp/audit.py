@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
 from fleet_mcp.errors import ExternalError
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 MASK = "***"
@@ -168,37 +171,62 @@ async def append(session: AsyncSession, **fields: Any) -> int:
 
 class AuditWriter:
     """Group commit for rows that have no other write to join (read-only calls, refusals): concurrent
-    callers' rows go into one transaction, and each caller returns only once its row is committed."""
+    callers' rows go into one transaction, and each caller returns only once its row is committed.
+    A row, once handed over, is written even if its caller is cancelled."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._lock: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, **fields: Any) -> int:
+        """Queue one row (keywords of `build_row`), wait until it is committed; returns its seq. Raises
+        AuditUnavailable when the database refused the batch."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((build_row(**fields), fut))
+        try:
+            await self._turn(fut)
+            # Usually done by now; else a flush that a cancelled leader left running holds the row.
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not fut.done():  # have it written without us
+                self._spawn(self._turn(fut))
+            raise
+
+    async def _turn(self, fut: asyncio.Future[int]) -> None:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            # Whoever holds the lock writes everything queued so far; later arrivals are then done.
+            # Whoever holds the lock writes everything queued so far; later arrivals are then done. The
+            # flush runs as its own task: a cancelled leader must not abandon the rows of its followers.
             if not fut.done():
-                await self._flush()
-        return fut.result()
+                await asyncio.shield(self._spawn(self._flush()))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
             async with self._engine.begin() as conn:
                 last = await append_rows(conn, [row for row, _ in batch])
-        except BaseException as exc:
+        except Exception:
+            log.exception("could not append %d audit row(s); their calls report the audit as unavailable",
+                          len(batch))
             for _, f in batch:
                 if not f.done():
-                    f.set_exception(AuditUnavailable() if isinstance(exc, Exception) else asyncio.CancelledError())
-            raise
+                    f.set_exception(AuditUnavailable())
+            return
         first = last - len(batch) + 1
         for i, (_, f) in enumerate(batch):
-            f.set_result(first + i)
+            if not f.done():
+                f.set_result(first + i)
 
 
 @dataclass(frozen=True)

@@ -346,20 +346,18 @@ class Gate:
                 data = await _invoke(spec, ctx, args)
             except Exception as exc:  # noqa: BLE001 - shaped by _failure
                 outcome, state, detail = _failure(spec, exc, call_id)
-                if getattr(exc, "keep_changes", False):
-                    # A refusal that must leave a trace (a failed-accept counter, a proposal marked stale).
+                # A refusal may have to leave a trace (a failed-accept counter, a proposal marked stale).
+                keep = getattr(exc, "keep_changes", False)
+            else:
+                outcome, state, detail, keep = CallOutcome(True, data, ""), "ok", {"call_id": call_id}, True
+            if keep:
+                try:
                     await _record(own, spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
                     await own.commit()
                     return outcome
-                await own.rollback()
-            else:
-                await _record(own, spec, caller, args, t0, outcome="ok", detail={"call_id": call_id}, **audit_kw)
-                try:
-                    await own.commit()
-                    return CallOutcome(True, data, "")
                 except Exception as exc:  # noqa: BLE001 - a constraint or connection failure at commit
-                    await own.rollback()
                     outcome, state, detail = _failure(spec, exc, call_id)
+            await own.rollback()
         finally:
             await own.close()
         await self._audit_only(spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
