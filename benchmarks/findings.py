@@ -20,7 +20,7 @@ _CALL = (
     "(`fleet_mcp.db.sqlite_inline`; a hop cost ~0.2 ms and a statement took four), read-only tools read on a "
     "write-refusing engine, audit rows of reads and refusals are group-committed, unshared writes dropped "
     "their savepoint, hot statements are built once, self-contained output schemas (no $ref) — in-process "
-    "read 12.1 → 1.9 ms, write 15.3 → 3.1 ms; stdio ratio 8.3 → ~3.2 (read) and 9.3 → ~3.9 (write). "
+    "read 12.1 → 1.9 ms, write 15.3 → 3.1 ms; full-run ratios stdio 8.3 → 3.1 (read) and 9.3 → 4.0 (write), HTTP 4.2 → 2.8 and 4.6 → 3.1. "
     "Next: take the hot paths off SQLAlchemy's execution layer (the audit append as prepared statements on "
     "the driver connection, read tools' lookups compiled once) — about 1 ms a call; 1.5× the floor needs a "
     "whole call within ~1 ms of a tool that touches no database."
@@ -30,8 +30,8 @@ _CONCURRENT = (
     "between statements (before, each thread hop queued behind every ready task while the write lock was "
     "held), and reads no longer take the write lock at all — their audit rows are group-committed, many "
     "calls to one transaction. The server is now CPU-bound at the latency rows' 3–4 ms of Python per call, "
-    "on 2 cores it shares with the load generator. Applied this session: 50 sessions went from 40 to ~170 "
-    "reads/s and from 42 to ~130 writes/s (0.16× → ~0.55× and ~0.4×). Next: the per-call reductions in "
+    "on 2 cores it shares with the load generator. Applied this session: 50 sessions went from 40 to 162 "
+    "reads/s and from 42 to 123 writes/s (0.16× → 0.43× and 0.33× of an echo floor that measured 254 → 372/s). Next: the per-call reductions in "
     "the latency rows; beyond one core, several server processes on PostgreSQL."
 )
 _ROTATION_LOCAL = (
@@ -41,7 +41,7 @@ _ROTATION_LOCAL = (
     "table in id order before the per-account pass (accounts' rows interleave by id, so per-account pages "
     "dirtied ~4× the pages per commit), the next page rewrapped while the previous commits, the job's "
     "progress UPDATE built once, pages read as plain tuples through the driver cursor, the key config kept "
-    "per connection, SQLite statements run inline — 0.38× → ~0.56× (100k) and 0.30× → ~0.66× (1M)."
+    "per connection, SQLite statements run inline — 0.38× → 0.74× (100k) and 0.30× → 0.60× (1M)."
 )
 _ROTATION_PG = (
     "Cause (EXPLAIN of the batch statements): the compare-and-set `UPDATE … FROM unnest(…)` costs 24–30 ms per "
@@ -49,7 +49,7 @@ _ROTATION_PG = (
     "every rewrap moves an index entry); the floor's table has the same indexes, so what remains is the "
     "bookkeeping per batch. Applied this session: `ANALYZE` of a never-analyzed table before a rotation (a "
     "fresh table turned each compare-and-set into a whole-table hash join, 120–160 ms), lookups by primary "
-    "key, the overlap and bookkeeping fixes listed for SQLite — 0.39× → ~0.55×. Next: a partial index "
+    "key, the overlap and bookkeeping fixes listed for SQLite — 0.39× → 0.60×. Next: a partial index "
     "instead of the plain `key_version` index, and a HOT-friendly fillfactor on credentials."
 )
 
@@ -80,7 +80,7 @@ FINDINGS: dict[str, str] = {
     "rotation": (
         "Cause: OpenBao's rewrap requests (4 × 250 items, 12–15 ms each) are the critical path. Applied this "
         "session: up to four chunks in flight and the next page rewrapped while the previous one commits "
-        "(0.57× → ~1.0×)."
+        "(0.57× → 1.26×)."
     ),
     "federation/scan.growth": (
         "Cause (cProfile of a 1,000-peer scan, 15 s): 13 s are in `governance._overlaps` — "
