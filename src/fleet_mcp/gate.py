@@ -112,6 +112,17 @@ async def _invoke(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> dict[str
     return result.model_dump(mode="json")
 
 
+async def _attempt(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> tuple[CallOutcome, str, dict[str, Any], bool]:
+    """Run the handler: its outcome, the audit row's outcome and detail, and whether its changes stay (on
+    success, and for a refusal that must leave a trace such as a failed-accept counter or a stale mark)."""
+    try:
+        data = await _invoke(spec, ctx, args)
+    except Exception as exc:  # noqa: BLE001 - shaped by _failure
+        outcome, state, detail = _failure(spec, exc, ctx.call_id)
+        return outcome, state, detail, getattr(exc, "keep_changes", False)
+    return CallOutcome(True, data, ""), "ok", {"call_id": ctx.call_id}, True
+
+
 def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
     """The result and audit outcome of a handler that raised: a domain error says what to do; anything
     else is a bug, reported by reference with details only in the log."""
@@ -327,12 +338,7 @@ class Gate:
             async with self.app.read_sessionmaker() as read:  # never committed; the engine refuses writes
                 ctx = ToolContext(self.app, read, caller, call_id, approval_id=approval_id, prepared=prepared,
                                   _progress=progress)
-                try:
-                    data = await _invoke(spec, ctx, args)
-                except Exception as exc:  # noqa: BLE001 - shaped by _failure
-                    outcome, state, detail = _failure(spec, exc, call_id)
-                else:
-                    outcome, state, detail = CallOutcome(True, data, ""), "ok", {"call_id": call_id}
+                outcome, state, detail, _ = await _attempt(spec, ctx, args)
             await self._audit_only(spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
             return outcome
 
@@ -342,14 +348,7 @@ class Gate:
             await own.begin()
             ctx = ToolContext(self.app, own, caller, call_id, approval_id=approval_id, prepared=prepared,
                               _progress=progress)
-            try:
-                data = await _invoke(spec, ctx, args)
-            except Exception as exc:  # noqa: BLE001 - shaped by _failure
-                outcome, state, detail = _failure(spec, exc, call_id)
-                # A refusal may have to leave a trace (a failed-accept counter, a proposal marked stale).
-                keep = getattr(exc, "keep_changes", False)
-            else:
-                outcome, state, detail, keep = CallOutcome(True, data, ""), "ok", {"call_id": call_id}, True
+            outcome, state, detail, keep = await _attempt(spec, ctx, args)
             if keep:
                 try:
                     await _record(own, spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
@@ -372,16 +371,11 @@ class Gate:
                           prepared=prepared, shared_unit_of_work=True, _progress=progress)
         savepoint = await session.begin_nested()
         try:
-            data = await _invoke(spec, ctx, args)
-        except Exception as exc:  # noqa: BLE001 - shaped by _failure
-            await (savepoint.commit() if getattr(exc, "keep_changes", False) else savepoint.rollback())
-            outcome, state, detail = _failure(spec, exc, call_id)
+            outcome, state, detail, keep = await _attempt(spec, ctx, args)
         except BaseException:
             await savepoint.rollback()
             raise
-        else:
-            await savepoint.commit()
-            outcome, state, detail = CallOutcome(True, data, ""), "ok", {"call_id": call_id}
+        await (savepoint.commit() if keep else savepoint.rollback())
         await _record(session, spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
         return outcome
 
