@@ -155,9 +155,6 @@ class Connection:
             raise ValueError("Connection closed")
         return Cursor(self)
 
-    async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
-        return await self.cursor().execute(sql, parameters)
-
     async def commit(self) -> None:
         assert self._conn is not None
         await self._call(False, self._conn.commit)
