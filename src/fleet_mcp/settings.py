@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     port: int = 8765
     allowed_hosts: str = Field(default="", description="Extra Host header values accepted over HTTP (comma list).")
     allowed_origins: str = Field(default="", description="Origin header values accepted over HTTP (comma list).")
+    request_state_key_file: Path | None = Field(
+        default=None,
+        description="Keys sealing in-client approval state (protocol 2026-07-28), shared by every replica: one "
+        "base64 key (>= 32 bytes) per line, the first seals, every line unseals. Default: a key per process.",
+    )
 
     # Transit (pepper) backend.
     transit: Literal["local", "vault"] = "local"
@@ -71,7 +76,7 @@ class Settings(BaseSettings):
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
     log_level: str = "INFO"
 
-    @field_validator("data_dir", "policy", "master_key_file", "vault_cacert", mode="after")
+    @field_validator("data_dir", "policy", "master_key_file", "vault_cacert", "request_state_key_file", mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
