@@ -18,6 +18,7 @@ from fleet_mcp.context import ProgressFn, ToolContext
 from fleet_mcp.errors import Conflict, FleetError, InvalidArgument
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
+from fleet_mcp.schema_marks import split_secrets
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -137,9 +138,13 @@ async def _attempt(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> _Attemp
                     result)
 
 
-def _stored_result(outcome: CallOutcome) -> dict[str, Any]:
-    """What an approval request keeps of its run's outcome (masked again by the approvals module)."""
-    return dict(outcome.data) if outcome.ok else {"error": outcome.message, **outcome.data}
+def _stored_result(spec: ToolSpec, outcome: CallOutcome) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What an approval request keeps of its run's outcome: the result with its secret fields masked (by
+    the result model's marks), and those secrets apart (for the requester only), or the error."""
+    if not outcome.ok:
+        return {"error": outcome.message, **outcome.data}, None
+    public, secrets = split_secrets(spec.output_model, outcome.data)
+    return public, secrets
 
 
 #: Steps an approval adds to the call's own unit of work: `before` claims the approval (raising a FleetError
@@ -328,12 +333,13 @@ class Gate:
                                             rule=verdict.rule)
 
         async def done(session: AsyncSession, outcome: CallOutcome) -> None:
-            await approvals.finish_elicited(session, key, outcome.ok, _stored_result(outcome))
+            # The result goes back to the human who answered; its secrets are stored nowhere.
+            await approvals.finish_elicited(session, key, outcome.ok, _stored_result(spec, outcome)[0])
 
         async def failed(session: AsyncSession, outcome: CallOutcome) -> None:
             await approvals.record_elicited(session, key=key, tool=spec.name, caller=caller, arguments=args,
                                             rule=verdict.rule)
-            await approvals.finish_elicited(session, key, False, _stored_result(outcome))
+            await approvals.finish_elicited(session, key, False, _stored_result(spec, outcome)[0])
 
         return await self._run(spec, caller, args, decision="approved_by_elicitation", t0=t0, progress=progress,
                                approval_id=approvals.elicited_id(key), steps=ApprovalSteps(claim, done, failed),
@@ -526,10 +532,17 @@ class Gate:
             await approvals.begin_execution(session, req.id)
 
         async def done(session: AsyncSession, outcome: CallOutcome) -> None:
-            await approvals.finish_execution(session, req.id, outcome.ok, _stored_result(outcome))
+            public, secrets = _stored_result(spec, outcome)
+            await approvals.finish_execution(session, self.app, req.id, outcome.ok, public, secrets)
 
         async def failed(session: AsyncSession, outcome: CallOutcome) -> None:
-            await approvals.finish_execution(session, req.id, False, _stored_result(outcome))
+            await approvals.finish_execution(session, self.app, req.id, False, _stored_result(spec, outcome)[0])
 
-        return await self._run(spec, requester, args, decision="approved", t0=t0, approval_id=req.id,
-                               steps=ApprovalSteps(claim, done, failed), refusal_rule=req.rule)
+        outcome = await self._run(spec, requester, args, decision="approved", t0=t0, approval_id=req.id,
+                                  steps=ApprovalSteps(claim, done, failed), refusal_rule=req.rule)
+        # Whoever triggered the run (an approver) sees the result with its secrets masked: they are the
+        # requester's, collected once with system_approvals_collect_result.
+        public, secrets = _stored_result(spec, outcome) if outcome.ok else (outcome.data, None)
+        if secrets is not None:
+            return CallOutcome(True, public, "")
+        return outcome
