@@ -14,6 +14,7 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fleet_mcp import audit, principals
+from fleet_mcp.admission import Admission
 from fleet_mcp.db import migrate
 from fleet_mcp.db.engine import create_engine, is_sqlite, make_sessionmaker
 from fleet_mcp.db.uow import UnitOfWork, WriteLock, unit_of_work
@@ -49,6 +50,9 @@ class App:
         self._gate: Gate | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._request_state_keys: list[bytes] | None = None
+        #: Bounded concurrency per process and per principal (excess refused as busy).
+        self.admission = Admission(per_process=settings.max_concurrent_calls,
+                                   per_principal=settings.max_concurrent_calls_per_principal)
         self._started = False
 
     @property

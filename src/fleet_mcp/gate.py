@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from fleet_mcp import audit
 from fleet_mcp.context import ProgressFn, ToolContext
-from fleet_mcp.errors import Conflict, FleetError, InvalidArgument
+from fleet_mcp.errors import Busy, Conflict, FleetError, InvalidArgument
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
 from fleet_mcp.schema_marks import split_secrets
@@ -250,9 +250,19 @@ class Gate:
 
     # -- the call --------------------------------------------------------------------------------
     async def call(self, spec: ToolSpec, caller: Caller, raw_args: dict[str, Any], **kw: Any) -> CallOutcome:
-        """Run one call through the gate; nothing unexpected ever escapes as a traceback."""
+        """Run one call through the gate; nothing unexpected ever escapes as a traceback. A process or
+        principal at its concurrency limit is answered busy at once (with its audit row)."""
+        t0 = time.perf_counter()
         try:
-            return await self._call(spec, caller, raw_args, **kw)
+            with self.app.admission.admit(caller.qualified):
+                return await self._call(spec, caller, raw_args, **kw)
+        except Busy as exc:
+            if exc.subject.get("retry_after") is None:
+                return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
+            await self._audit_only(spec, caller, raw_args, t0, decision="busy", outcome="busy",
+                                   detail={"error": exc.message})
+            return CallOutcome(False, {"status": "busy", "retry_after": exc.subject["retry_after"],
+                                       "error": exc.to_dict()}, f"{exc.message}; {exc.hint}. Nothing was run.")
         except FleetError as exc:
             return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
         except Exception:

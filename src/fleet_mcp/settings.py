@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     cross_cert_days: int = Field(default=7, ge=1, le=90)
 
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
+    max_concurrent_calls: int = Field(default=256, ge=1, description="Calls one process runs at once; more are "
+                                      "refused as busy (retry after), never queued without limit.")
+    max_concurrent_calls_per_principal: int = Field(default=32, ge=1,
+                                                    description="Calls one principal may have in progress at once.")
     log_level: str = "INFO"
 
     @field_validator("data_dir", "policy", "master_key_file", "vault_cacert", "request_state_key_file", mode="after")
