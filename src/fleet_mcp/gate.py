@@ -15,7 +15,15 @@ from pydantic import BaseModel, ValidationError
 
 from fleet_mcp import audit
 from fleet_mcp.context import ProgressFn, ToolContext
-from fleet_mcp.errors import Busy, Conflict, FleetError, InvalidArgument
+from fleet_mcp.errors import (
+    UNAVAILABLE_HINT,
+    Busy,
+    Conflict,
+    FleetError,
+    InvalidArgument,
+    Unavailable,
+    database_unreachable,
+)
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
 from fleet_mcp.schema_marks import split_secrets
@@ -164,6 +172,9 @@ class ApprovalSteps:
 def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
     """The result and audit outcome of a handler that raised: a domain error says what to do; anything
     else is a bug, reported by reference with details only in the log."""
+    if not isinstance(exc, FleetError) and database_unreachable(exc):
+        exc = Unavailable(f"the database could not be reached during {spec.name}; nothing was changed",
+                          hint=UNAVAILABLE_HINT)
     if isinstance(exc, FleetError):
         err = exc.to_dict()
         return CallOutcome(False, {"status": "error", "error": err}, str(exc)), "error", {"call_id": call_id,
@@ -265,7 +276,12 @@ class Gate:
                                        "error": exc.to_dict()}, f"{exc.message}; {exc.hint}. Nothing was run.")
         except FleetError as exc:
             return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
-        except Exception:
+        except Exception as exc:
+            if database_unreachable(exc):
+                err = Unavailable(f"the database could not be reached during {spec.name}; nothing was changed",
+                                  hint=UNAVAILABLE_HINT)
+                log.warning("database unreachable during %s: %s", spec.name, type(exc).__name__)
+                return CallOutcome(False, {"status": "error", "error": err.to_dict()}, str(err))
             ref = uuid.uuid4().hex[:12]
             log.exception("internal error in the gate for %s (reference %s)", spec.name, ref)
             return CallOutcome(False, {"status": "error", "error": {"code": "internal", "reference": ref}},
