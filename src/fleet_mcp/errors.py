@@ -4,8 +4,8 @@
     ├── InvalidArgument        the caller's input is wrong (schema, limits, hostile values)
     ├── NotFound               the named thing does not exist
     ├── Conflict               the thing exists but is in the wrong state
-    │   ├── StaleConflict      a proposal's base no longer matches live state
-    │   └── Busy               another operation holds the resource (sync, rotation)
+    │   └── Busy               another operation holds the resource (sync, rotation), or the server or
+    │                          principal is at its concurrency limit (then with retry_after)
     ├── PermissionDenied       the principal lacks the tool's permission or role
     ├── Unauthenticated        no principal could be established (bad or revoked token)
     ├── RateLimited            too many attempts; retry later
@@ -61,10 +61,6 @@ class NotFound(FleetError):
 
 class Conflict(FleetError):
     code = "conflict"
-
-
-class StaleConflict(Conflict):
-    code = "stale"
 
 
 class Busy(Conflict):

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -53,7 +53,6 @@ class CallOutcome:
     ok: bool
     data: dict[str, Any]
     message: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         if self.ok:
