@@ -96,6 +96,10 @@ class FederationPeer(TimestampMixin, Base):
     last_handshake_error: Mapped[str | None] = mapped_column(Text)
     suspended_at: Mapped[dt.datetime | None]
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
+    #: Who holds a suspension on each side (the principal that suspended); only that side lifts it, and the
+    #: peer leaves `suspended` only when neither side holds one.
+    local_suspended_by: Mapped[str | None] = mapped_column(String(250))
+    remote_suspended_by: Mapped[str | None] = mapped_column(String(250))
     revoked_at: Mapped[dt.datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(500))
     revoked_by: Mapped[str | None] = mapped_column(String(250))

@@ -38,6 +38,10 @@ class FederationPeerOut(BaseModel):
     locked_until: dt.datetime | None = None
     suspended_at: dt.datetime | None = None
     suspended_reason: str | None = None
+    suspended_by: list[str] = Field(
+        default_factory=list,
+        description="Accounts holding a suspension; each lifts only its own, and the peer resumes when none is left.",
+    )
     revoked_at: dt.datetime | None = None
     revoked_reason: str | None = None
     cross_certificates: list[CrossCertificateOut] = Field(default_factory=list)

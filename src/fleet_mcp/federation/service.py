@@ -268,19 +268,38 @@ class FederationService:
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
     ) -> FederationPeerOut:
-        """Keep the peer but withdraw trust exactly as a revocation does (cross certificates revoked)."""
+        """Keep the peer but withdraw trust exactly as a revocation does (cross certificates revoked).
+
+        The suspension belongs to the caller's side: only that side lifts it. A side may add its own
+        suspension to a peer the other side already suspended (then both must resume)."""
         now = now or utcnow()
         reason = peers.check_reason(reason)
         peer = await peers.visible(session, account_id, peer_id)
-        peer.status = check_action(peer.status, "suspend", peer_id=peer.id)
+        side = peers.side_of(peer, account_id)
+        holder = actor or f"account {(await accounts.by_id(session, account_id)).name}"
+        if peer.status == PeerStatus.SUSPENDED.value:
+            if getattr(peer, f"{side}_suspended_by") is not None:
+                raise Conflict(
+                    f"federation peer {peer.id} is already suspended by this account",
+                    hint="resume it with system_sdwan_resume_federation_peer, or revoke it",
+                    federation_peer_id=peer.id,
+                    status=peer.status,
+                )
+            serials: list[str] = []  # trust is already withdrawn; this side only adds its own hold
+        else:
+            peer.status = check_action(peer.status, "suspend", peer_id=peer.id)
+            serials = await self.authorities.withdraw_trust(
+                session, peer, reason=f"suspended: {reason}", now=now
+            )
+        setattr(peer, f"{side}_suspended_by", holder[:250])
         peer.suspended_at, peer.suspended_reason = now, reason
-        serials = await self.authorities.withdraw_trust(session, peer, reason=f"suspended: {reason}", now=now)
+        await session.flush()
         await peers.emit_both(
             session,
             peer,
             "federation.peer_suspended",
             severity="medium",
-            payload={"reason": reason, "by": actor, "revoked_serials": serials},
+            payload={"reason": reason, "by": actor, "side": side, "revoked_serials": serials},
             correlation_id=correlation_id,
         )
         return await peers.to_out(session, peer, now=now)
@@ -296,21 +315,47 @@ class FederationService:
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
     ) -> FederationPeerOut:
-        """Back to `accepted` with fresh cross certificates; a verified handshake makes it active again."""
+        """Lift the caller's side's suspension. Only when no side holds one any more does the peer go back
+        to `accepted` with fresh cross certificates (a verified handshake makes it active again); a side
+        that did not suspend cannot lift the other side's suspension."""
         now = now or utcnow()
         reason = peers.check_reason(reason)
         peer = await peers.visible(session, account_id, peer_id)
-        peer.status = check_action(peer.status, "resume", peer_id=peer.id)
-        peer.trusted_since = now
-        peer.suspended_at = peer.suspended_reason = None
+        check_action(peer.status, "resume", peer_id=peer.id)
+        side = peers.side_of(peer, account_id)
+        if getattr(peer, f"{side}_suspended_by") is None:
+            names = await accounts.names(session, [a for a, _ in peers.suspension_holders(peer)])
+            by = ", ".join(names.values()) or "the other account"
+            raise Conflict(
+                f"federation peer {peer.id} was suspended by {by}, not by this account; only the side that "
+                "suspended it can resume it",
+                hint=f"ask {by}'s operators to resume it, or revoke the peer",
+                federation_peer_id=peer.id,
+                status=peer.status,
+                suspended_by=list(names.values()),
+            )
+        setattr(peer, f"{side}_suspended_by", None)
+        still_held = peers.suspension_holders(peer)
+        cross: list[IssuedCertificate] = []
+        if not still_held:
+            peer.status = check_action(peer.status, "resume", peer_id=peer.id)
+            peer.trusted_since = now
+            peer.suspended_at = peer.suspended_reason = None
+            await session.flush()
+            cross = await self.authorities.cross_sign_pair(session, peer, now=now, correlation_id=correlation_id)
         await session.flush()
-        cross = await self.authorities.cross_sign_pair(session, peer, now=now, correlation_id=correlation_id)
         await peers.emit_both(
             session,
             peer,
-            "federation.peer_resumed",
+            "federation.peer_resumed" if not still_held else "federation.peer_suspension_lifted",
             correlation_id=correlation_id,
-            payload={"reason": reason, "by": actor, "cross_serials": [c.serial for c in cross]},
+            payload={
+                "reason": reason,
+                "by": actor,
+                "side": side,
+                "still_suspended_by": [a for a, _ in still_held],
+                "cross_serials": [c.serial for c in cross],
+            },
         )
         return await peers.to_out(session, peer, now=now)
 

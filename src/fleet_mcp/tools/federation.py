@@ -302,7 +302,10 @@ async def verify_federation_handshake(ctx: ToolContext, args: PeerIdArgs) -> Han
     **FEDERATION,
 )
 async def suspend_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
-    """Suspend an accepted or active peer: its cross certificates are revoked and leave both bundles."""
+    """Suspend an accepted or active peer: its cross certificates are revoked and leave both bundles.
+
+    The suspension belongs to this account: only this account can resume it. The other account may add its
+    own suspension to a suspended peer; then both must resume before trust comes back."""
     peer = await service(ctx).suspend(
         ctx.session,
         peer_id=args.federation_peer_id,
@@ -321,7 +324,10 @@ async def suspend_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut
     **FEDERATION,
 )
 async def resume_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
-    """Resume a suspended peer with fresh cross certificates (accepted; verify the handshake to activate)."""
+    """Lift this account's suspension of a peer; an account cannot lift the other account's suspension.
+
+    When no suspension is left the peer is accepted again with fresh cross certificates (verify the
+    handshake to activate it); while the other account still holds one it stays suspended."""
     peer = await service(ctx).resume(
         ctx.session,
         peer_id=args.federation_peer_id,
