@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp import events
 from fleet_mcp.db.base import utcnow
-from fleet_mcp.errors import InvalidArgument
+from fleet_mcp.errors import InvalidArgument, NotFound
 from fleet_mcp.federation import accounts, pki
 from fleet_mcp.federation.config import FederationConfig
 from fleet_mcp.federation.keys import KeySealer
@@ -337,9 +337,18 @@ class Authorities:
     async def trust_bundle(
         self, session: AsyncSession, *, account_id: int, include_crls: bool = False
     ) -> TrustBundleOut:
-        """What the account's nodes trust: its own root plus the cross certificates its own root signed."""
+        """What the account's nodes trust: its own root plus the cross certificates its own root signed.
+
+        A read: it never creates the CA (read-only tools run where writes fail), it says there is none."""
         acct = await accounts.by_id(session, account_id)
-        ca = await self.ensure(session, account_id)
+        ca = await self.get(session, account_id)
+        if ca is None:
+            raise NotFound(
+                f"account {acct.name!r} has no federation CA yet, so it has no trust bundle",
+                hint="the CA is created by the account's first node certificate "
+                "(system_sdwan_issue_node_certificate) or when a federation peer of the account is accepted",
+                account=acct.name,
+            )
         pem, cross = await self.bundle_pem(session, ca)
         crls = await self.crls_for(session, ca, cross) if include_crls else None
         return TrustBundleOut(
