@@ -26,6 +26,10 @@ from fleet_mcp.federation.schemas import NodeCertificateOut, TrustBundleOut
 log = logging.getLogger(__name__)
 
 
+#: The key reference of a remote account's CA row: the certificates of another instance, no keys.
+REMOTE_KEY_REF = "remote:none"
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -142,7 +146,10 @@ class Authorities:
     async def rebuild_crls(
         self, session: AsyncSession, ca: CertificateAuthority, *, now: dt.datetime
     ) -> None:
-        """Re-sign both CRLs: revoked cross certificates on the root's, revoked nodes on the other."""
+        """Re-sign both CRLs: revoked cross certificates on the root's, revoked nodes on the other. A remote
+        account's CA (another instance's, no keys here) is left alone: its CRLs come with its bundle."""
+        if ca.root_key_ref == REMOTE_KEY_REF:
+            return
         rows = (
             await session.execute(
                 select(IssuedCertificate.kind, IssuedCertificate.serial, IssuedCertificate.revoked_at).where(
@@ -172,6 +179,8 @@ class Authorities:
         self, session: AsyncSession, ca: CertificateAuthority, now: dt.datetime
     ) -> bool:
         """Re-sign CRLs past half their life, so verifiers never meet an expired CRL."""
+        if ca.root_key_ref == REMOTE_KEY_REF:
+            return False
         if ca.crl_next_update is None or ca.crl_next_update - now <= self.config.crl_lifetime / 2:
             await self.rebuild_crls(session, ca, now=now)
             return True

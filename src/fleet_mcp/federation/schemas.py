@@ -51,12 +51,20 @@ class ProposalOut(BaseModel):
     federation_peer: FederationPeerOut
     acceptance_token: str = Field(description="Shown once: hand it to the remote account out of band.")
     acceptance_token_expires_at: dt.datetime
+    peering_token: str | None = Field(
+        default=None,
+        description="Only for a remote account on another instance: shown once, pasted into "
+        "system_sdwan_accept_remote_federation_peer there (endpoint, pinned CA, one-time secret, expiry).",
+    )
 
 
 class TokenOut(BaseModel):
     federation_peer_id: int
     acceptance_token: str = Field(description="Shown once; the previous token no longer works.")
     acceptance_token_expires_at: dt.datetime
+    peering_token: str | None = Field(
+        default=None, description="For a proposal to another instance: the new peering token (shown once)."
+    )
 
 
 class AcceptOut(BaseModel):

@@ -4,7 +4,8 @@ which it flushes but never commits."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,9 +17,11 @@ from fleet_mcp.federation import accounts, governance, peers, tokens
 from fleet_mcp.federation.accept import Acceptance, keep_changes
 from fleet_mcp.federation.authority import Authorities
 from fleet_mcp.federation.config import FederationConfig
+from fleet_mcp.federation.instance import InstanceIdentity
 from fleet_mcp.federation.keys import KeySealer
 from fleet_mcp.federation.lifecycle import TRUSTED_STATUSES, PeerStatus, check_action
-from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, IssuedCertificate
+from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, FederationRemote, IssuedCertificate
+from fleet_mcp.federation.remote import RemoteFederation
 from fleet_mcp.federation.schemas import (
     AcceptOut,
     FederationPeerOut,
@@ -33,15 +36,26 @@ from fleet_mcp.federation.verification import HandshakeVerifier
 
 __all__ = ["FederationConfig", "FederationService", "keep_changes"]
 
+REMOTE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
 
 class FederationService:
     """Stateless apart from its configuration and key sealer."""
 
-    def __init__(self, sealer: KeySealer, config: FederationConfig | None = None) -> None:
+    def __init__(
+        self,
+        sealer: KeySealer,
+        config: FederationConfig | None = None,
+        *,
+        identity: Callable[[], InstanceIdentity | None] | None = None,
+        endpoint: str | None = None,
+    ) -> None:
         self.config = config or FederationConfig()
         self.authorities = Authorities(sealer, self.config)
         self.acceptance = Acceptance(self.authorities, self.config)
         self.verifier = HandshakeVerifier(self.authorities, self.config)
+        #: Federation with peers on other instances (docs/federation-protocol.md).
+        self.remote = RemoteFederation(self.authorities, self.config, identity or (lambda: None), endpoint)
 
     # -- certificates and bundles ----------------------------------------------------------------
 
@@ -115,15 +129,37 @@ class FederationService:
         remote_account: str,
         remote_prefix_advertisement: str | Sequence[str] | None = None,
         token_ttl_seconds: int | None = None,
+        remote_federation_domain: str | None = None,
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
     ) -> ProposalOut:
-        """Propose federating with `remote_account` (a name); the token is returned here and never again."""
+        """Propose federating with `remote_account` (a name); the token is returned here and never again.
+
+        With `remote_federation_domain` the remote account lives on another instance: the result also holds
+        a peering token (endpoint, pin, one-time secret) for its operators to accept there."""
         now = now or utcnow()
         ttl = self._ttl(token_ttl_seconds)
         local = await accounts.by_id(session, account_id)
-        remote = await accounts.by_name(session, remote_account)
+        issued = tokens.new_token()
+        if remote_federation_domain is not None:
+            self.remote.identity()  # refuse early when this instance has no federation endpoint
+            if not REMOTE_NAME_RE.match(remote_account):
+                raise InvalidArgument(
+                    f"{remote_account!r} is not an account name",
+                    hint="use the remote account's name: 1-63 lowercase letters, digits, '.', '_' or '-'",
+                )
+            domain = accounts.normalize_domain(remote_federation_domain)
+            if accounts.domains_nest(accounts.federation_domain(local), domain):
+                raise InvalidArgument(
+                    f"federation domains {accounts.federation_domain(local)!r} and {domain!r} overlap",
+                    hint="name constraints cannot separate nested domains; each account needs its own",
+                )
+            remote = await self.remote.remote_account(
+                session, name=f"{remote_account}@pending-{issued.public_id.lower()}", domain=domain
+            )
+        else:
+            remote = await accounts.by_name(session, remote_account)
         if remote.id == local.id:
             raise InvalidArgument(
                 "an account cannot federate with itself",
@@ -158,7 +194,6 @@ class FederationService:
                 federation_peer_id=existing.id,
                 status=existing.status,
             )
-        issued = tokens.new_token()
         peer = FederationPeer(
             local_account_id=local.id,
             remote_account_id=remote.id,
@@ -184,10 +219,20 @@ class FederationService:
                 "token_expires_at": (now + ttl).isoformat(),
             },
         )
+        peering_token = None
+        if remote_federation_domain is not None:
+            link = FederationRemote(
+                peer_id=peer.id, role="proposer", local_account_id=local.id,
+                remote_domain=remote.federation_domain or "", remote_account_name=remote_account,
+            )
+            session.add(link)
+            await session.flush()
+            peering_token = self.remote.peering_token(peer, local, link, issued.token)
         return ProposalOut(
             federation_peer=await peers.to_out(session, peer, now=now),
             acceptance_token=issued.token,
             acceptance_token_expires_at=now + ttl,
+            peering_token=peering_token,
         )
 
     async def regenerate_token(
@@ -221,6 +266,9 @@ class FederationService:
         peer.token_id, peer.token_digest = issued.public_id, issued.digest
         peer.token_issued_at, peer.token_expires_at = now, now + ttl
         peer.failed_attempts, peer.locked_until = 0, None
+        link = await self.remote.remote_of(session, peer.id)
+        if link is not None:  # a claim that was never confirmed is discarded with the old secret
+            link.claimed_at, link.inbound_channel_fp = None, None
         await session.flush()
         await peers.emit_both(
             session,
@@ -230,7 +278,14 @@ class FederationService:
             payload={"token_expires_at": (now + ttl).isoformat()},
         )
         return TokenOut(
-            federation_peer_id=peer.id, acceptance_token=issued.token, acceptance_token_expires_at=now + ttl
+            federation_peer_id=peer.id,
+            acceptance_token=issued.token,
+            acceptance_token_expires_at=now + ttl,
+            peering_token=(
+                self.remote.peering_token(peer, await accounts.by_id(session, account_id), link, issued.token)
+                if link is not None
+                else None
+            ),
         )
 
     async def accept(
