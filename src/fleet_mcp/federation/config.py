@@ -44,4 +44,5 @@ class FederationConfig:
             node_cert_lifetime=dt.timedelta(hours=settings.node_cert_hours),
             cross_cert_lifetime=dt.timedelta(days=settings.cross_cert_days),
             token_ttl_default=settings.federation_token_ttl,
+            refresh_hint=getattr(settings, "federation_refresh_seconds", 300),
         )

@@ -6,18 +6,20 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import Account
-from fleet_mcp.errors import Conflict, InvalidArgument
-from fleet_mcp.federation import accounts, governance, peers, tokens
+from fleet_mcp.errors import Conflict, ExternalError, InvalidArgument
+from fleet_mcp.federation import accounts, governance, peers, tokens, wire
+from fleet_mcp.federation import remote as remote_mod
 from fleet_mcp.federation.accept import Acceptance, keep_changes
 from fleet_mcp.federation.authority import Authorities
 from fleet_mcp.federation.config import FederationConfig
-from fleet_mcp.federation.instance import InstanceIdentity
+from fleet_mcp.federation.instance import InstanceIdentity, instance_name
 from fleet_mcp.federation.keys import KeySealer
 from fleet_mcp.federation.lifecycle import TRUSTED_STATUSES, PeerStatus, check_action
 from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, FederationRemote, IssuedCertificate
@@ -322,6 +324,7 @@ class FederationService:
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
+        from_remote: bool = False,
     ) -> FederationPeerOut:
         """Keep the peer but withdraw trust exactly as a revocation does (cross certificates revoked).
 
@@ -357,6 +360,8 @@ class FederationService:
             payload={"reason": reason, "by": actor, "side": side, "revoked_serials": serials},
             correlation_id=correlation_id,
         )
+        if not from_remote:
+            await self.push_lifecycle(session, peer, 'suspend', reason, now=now)
         return await peers.to_out(session, peer, now=now)
 
     async def resume(
@@ -369,6 +374,7 @@ class FederationService:
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
+        from_remote: bool = False,
     ) -> FederationPeerOut:
         """Lift the caller's side's suspension. Only when no side holds one any more does the peer go back
         to `accepted` with fresh cross certificates (a verified handshake makes it active again); a side
@@ -397,7 +403,11 @@ class FederationService:
             peer.trusted_since = now
             peer.suspended_at = peer.suspended_reason = None
             await session.flush()
-            cross = await self.authorities.cross_sign_pair(session, peer, now=now, correlation_id=correlation_id)
+            link = await self.remote.remote_of(session, peer.id)
+            if link is None:
+                cross = await self.authorities.cross_sign_pair(session, peer, now=now, correlation_id=correlation_id)
+            else:  # each instance signs only with its own root
+                await self.remote.cross_sign_local(session, peer, link, now=now)
         await session.flush()
         await peers.emit_both(
             session,
@@ -412,6 +422,8 @@ class FederationService:
                 "cross_serials": [c.serial for c in cross],
             },
         )
+        if not from_remote:
+            await self.push_lifecycle(session, peer, 'resume', reason, now=now)
         return await peers.to_out(session, peer, now=now)
 
     async def revoke(
@@ -424,6 +436,7 @@ class FederationService:
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
+        from_remote: bool = False,
     ) -> FederationPeerOut:
         """Terminal, from either side: cross certs leave both bundles and go on the signing roots' CRLs."""
         now = now or utcnow()
@@ -441,6 +454,8 @@ class FederationService:
             payload={"reason": reason, "by": actor, "revoked_serials": serials},
             correlation_id=correlation_id,
         )
+        if not from_remote:
+            await self.push_lifecycle(session, peer, 'revoke', reason, now=now)
         return await peers.to_out(session, peer, now=now)
 
     async def verify_handshake(
@@ -452,9 +467,215 @@ class FederationService:
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
     ) -> HandshakeOut:
+        if await self.remote.remote_of(session, peer_id) is not None:
+            await peers.visible(session, account_id, peer_id)
+            raise Conflict(
+                f"federation peer {peer_id} is on another instance; its handshake cannot be run from here yet",
+                hint="verify with a handshake between your nodes (each with its own bundle); "
+                "system_sdwan_refresh_federation_peer shows the other side's status",
+                federation_peer_id=peer_id,
+            )
         return await self.verifier.verify(
             session, account_id=account_id, peer_id=peer_id, now=now, correlation_id=correlation_id
         )
+
+    # -- federation with other instances: lifecycle push and pull, bundle refresh ---------------------
+
+    async def accept_remote(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peering_token: str,
+        actor: str | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> AcceptOut:
+        """Accept a proposal made on another instance: dial, check the pin, establish, confirm."""
+        return await self.remote.accept(
+            session,
+            account_id=account_id,
+            peering_token=peering_token,
+            actor=actor,
+            now=now,
+            correlation_id=correlation_id,
+        )
+
+    async def _channel_call(
+        self, session: AsyncSession, link: FederationRemote, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]]:
+        assert link.remote_endpoint and link.remote_instance_id
+        return await wire.call(
+            link.remote_endpoint,
+            method,
+            f"{remote_mod.API}/peers/{link.remote_peer_id}/{path}",
+            body,
+            ctx=await self.remote.channel_context(session, link),
+            server_hostname=instance_name(link.remote_instance_id),
+        )
+
+    async def push_lifecycle(
+        self, session: AsyncSession, peer: FederationPeer, action: str, reason: str, *, now: dt.datetime
+    ) -> None:
+        """Tell the other instance (if the peer has one); when that fails the action waits on the link and
+        the other side also learns it from its next bundle poll."""
+        link = await self.remote.remote_of(session, peer.id)
+        if link is None or link.remote_peer_id is None or link.outbound_channel_cert_pem is None:
+            return
+        try:
+            status, answer = await self._channel_call(
+                session, link, "POST", "lifecycle", {"action": action, "reason": reason}
+            )
+        except ExternalError as exc:
+            status, answer = 0, {"error": {"code": "unreachable", "message": exc.message}}
+        if status == 200:
+            link.pending_action = link.pending_reason = None
+            link.remote_status, link.last_contact_at = str(answer.get("status", ""))[:16] or None, now
+            link.last_error = link.last_error_kind = None
+        else:
+            link.pending_action, link.pending_reason = action, reason[:500]
+            err = answer.get("error") or {}
+            link.last_error = str(err.get("message", f"status {status}"))[:500]
+            link.last_error_kind = "unreachable" if status == 0 else "refused"
+        await session.flush()
+
+    def _other_side(self, peer: FederationPeer, link: FederationRemote) -> tuple[int, str]:
+        """The remote account's id and its side ('local' = proposer, 'remote' = acceptor) of the peer."""
+        if peer.local_account_id == link.local_account_id:
+            return peer.remote_account_id, "remote"
+        return peer.local_account_id, "local"
+
+    async def receive_lifecycle(
+        self, session: AsyncSession, peer: FederationPeer, link: FederationRemote, body: dict[str, Any], *,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Apply what the other instance did, as its side: its suspension is its own hold (only it lifts it),
+        its revoke is terminal. Nothing here signs on its behalf."""
+        action, reason = body.get("action"), body.get("reason")
+        if action not in ("suspend", "resume", "revoke") or not isinstance(reason, str) or not reason.strip():
+            raise InvalidArgument("lifecycle needs action suspend|resume|revoke and a reason")
+        link.last_contact_at = now
+        await self._apply_remote(session, peer, link, action, f"{reason.strip()[:400]} (from the other instance)", now)
+        return {"status": peer.status}
+
+    async def _apply_remote(
+        self, session: AsyncSession, peer: FederationPeer, link: FederationRemote, action: str, reason: str,
+        now: dt.datetime,
+    ) -> None:
+        if peer.status == PeerStatus.REVOKED.value:
+            return
+        other_id, other_side = self._other_side(peer, link)
+        holds = getattr(peer, f"{other_side}_suspended_by") is not None
+        actor = f"{link.remote_account_name}@{link.remote_instance_id}"
+        kw: dict[str, Any] = {"account_id": other_id, "peer_id": peer.id, "reason": reason, "actor": actor,
+                              "now": now, "from_remote": True}
+        if action == "revoke":
+            await self.revoke(session, **kw)
+            link.remote_status = PeerStatus.REVOKED.value
+        elif action == "suspend" and not holds and peer.status != PeerStatus.PROPOSED.value:
+            await self.suspend(session, **kw)
+        elif action == "resume" and holds:
+            await self.resume(session, **kw)
+
+    async def refresh_remote(
+        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None, now: dt.datetime | None = None
+    ) -> str:
+        """Poll the other instance's bundle for one peer (and deliver a pending lifecycle action first).
+        Returns what happened: ok | unreachable | refused | wrong_trust_domain | sequence_backwards |
+        malformed | revoked | not_remote."""
+        now = now or utcnow()
+        peer = (
+            await peers.visible(session, account_id, peer_id)
+            if account_id is not None
+            else await session.get(FederationPeer, peer_id)
+        )
+        link = await self.remote.remote_of(session, peer_id) if peer is not None else None
+        if peer is None or link is None or link.remote_peer_id is None or link.outbound_channel_cert_pem is None:
+            if account_id is not None:
+                raise Conflict(
+                    f"federation peer {peer_id} is not an established peer on another instance",
+                    hint="only peers accepted across instances have a bundle to refresh",
+                    federation_peer_id=peer_id,
+                )
+            return "not_remote"
+        if link.pending_action:
+            await self.push_lifecycle(session, peer, link.pending_action, link.pending_reason or "", now=now)
+        if peer.status == PeerStatus.REVOKED.value:
+            return "revoked"
+
+        def fail(kind: str, message: str) -> str:
+            link.last_error_kind, link.last_error = kind, message[:500]
+            return kind
+
+        try:
+            status, answer = await self._channel_call(session, link, "GET", "bundle", None)
+        except ExternalError as exc:
+            result = fail("unreachable", exc.message)
+            await session.flush()
+            return result
+        if status != 200:
+            code = str((answer.get("error") or {}).get("code", status))
+            result = fail("refused", f"the other instance refused the bundle request ({code})")
+            await session.flush()
+            return result
+        try:
+            trust_domain = str(answer["trust_domain"]).lower()
+            sequence = int(answer["sequence"])
+            remote_status = str(answer["status"])
+            sender_holds = bool(answer.get("suspended_by_sender", False))
+            root_pem, inter_pem = str(answer["root_pem"]), str(answer["intermediate_pem"])
+            remote_mod._check_ca_pair(root_pem, inter_pem)
+            PeerStatus(remote_status)
+        except (KeyError, TypeError, ValueError, remote_mod.Refusal):
+            result = fail("malformed", "the other instance sent a bundle that is not well formed")
+            await session.flush()
+            return result
+        if trust_domain != link.remote_domain.lower():
+            result = fail("wrong_trust_domain", f"the bundle is for trust domain {trust_domain!r}, not {link.remote_domain!r}")
+            await session.flush()
+            return result
+        if sequence < link.bundle_sequence:
+            result = fail("sequence_backwards", f"bundle sequence went backwards ({link.bundle_sequence} → {sequence})")
+            await session.flush()
+            return result
+        link.remote_status, link.last_contact_at = remote_status, now
+        link.bundle_fetched_at, link.last_error, link.last_error_kind = now, None, None
+        hint = answer.get("refresh_hint")
+        link.refresh_hint = max(30, min(3600, int(hint))) if isinstance(hint, int) else link.refresh_hint
+        if remote_status == PeerStatus.REVOKED.value:
+            await self._apply_remote(session, peer, link, "revoke", "revoked on the other instance", now)
+            await session.flush()
+            return "revoked"
+        _, other_side = self._other_side(peer, link)
+        holds = getattr(peer, f"{other_side}_suspended_by") is not None
+        if sender_holds and not holds:
+            await self._apply_remote(session, peer, link, "suspend", "suspended on the other instance", now)
+        elif holds and not sender_holds:
+            await self._apply_remote(session, peer, link, "resume", "resumed on the other instance", now)
+        if sequence > link.bundle_sequence:
+            other_id, _ = self._other_side(peer, link)
+            ca = await self.authorities.get(session, other_id)
+            rotated = ca is not None and ca.intermediate_cert_pem.strip() != inter_pem.strip()
+            crl = answer.get("intermediate_crl_pem") if isinstance(answer.get("intermediate_crl_pem"), str) else None
+            await self.remote.store_remote_ca(session, other_id, root_pem, inter_pem, crl)
+            link.bundle_sequence = sequence
+            if rotated and peer.status in {s.value for s in TRUSTED_STATUSES}:
+                # The other side rotated its intermediate: re-sign the new one, retire the old cross cert.
+                for old in (
+                    await session.execute(
+                        select(IssuedCertificate).where(
+                            IssuedCertificate.peer_id == peer.id,
+                            IssuedCertificate.account_id == link.local_account_id,
+                            IssuedCertificate.revoked_at.is_(None),
+                            IssuedCertificate.superseded_at.is_(None),
+                        )
+                    )
+                ).scalars():
+                    old.superseded_at = now
+                await self.remote.cross_sign_local(session, peer, link, now=now)
+                await peers.emit_both(session, peer, "federation.remote_ca_rotated", payload={"sequence": sequence})
+        await session.flush()
+        return "ok"
 
     # -- governance and renewal ------------------------------------------------------------------
 
