@@ -1,0 +1,176 @@
+"""Federation between two real `fleet-mcp serve` processes on loopback, each with its own data dir, database
+and keyring, both driven through the MCP SDK client by their own operators (approvals answered by the
+operator at the client, as the shipped policy asks)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import ElicitResult
+
+from tests.conftest import HttpServer, cli_env, run_cli
+
+pytestmark = pytest.mark.anyio
+
+ACME, GLOBEX = "acme.eu-west.fleet.example", "globex.us-east.fleet.example"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Instance:
+    name: str
+    env: dict[str, str]
+    fed_port: int
+    token: str
+    server: HttpServer | None = None
+
+    def start(self) -> None:
+        self.server = HttpServer(self.env, "--federation-listen", f"127.0.0.1:{self.fed_port}")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.fed_port}"
+
+    @asynccontextmanager
+    async def client(self):  # noqa: ANN201
+        async def approve(_ctx: Any, _params: Any) -> ElicitResult:
+            return ElicitResult(action="accept", content={"approve": True})
+
+        assert self.server is not None
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        async with Client(
+            streamable_http_client(self.server.url + "/mcp", http_client=http), elicitation_callback=approve
+        ) as c:
+            yield c
+
+
+def _instance(tmp_path: Path, name: str, account: str, domain: str, db_url: str | None = None) -> Instance:
+    data = tmp_path / name
+    env = cli_env(data, db_url or f"sqlite+aiosqlite:///{data / 'fleet.db'}", FLEET_MCP_SCHEDULER="false")
+    run_cli(env, "db", "upgrade")
+    run_cli(env, "account", "create", account, "--federation-domain", domain)
+    token = run_cli(env, "token", "create", "--account", account, "--name", f"{name}-ops", "--role", "admin"
+                    ).stdout.strip().splitlines()[-1]
+    return Instance(name, env, _free_port(), token)
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[tuple[Instance, Instance]]:
+    a = _instance(tmp_path, "eu-west", "acme", ACME)
+    b = _instance(tmp_path, "us-east", "globex", GLOBEX)
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def call(c: Client, tool: str, args: dict[str, Any] | None = None) -> tuple[bool, dict[str, Any]]:
+    r = await c.call_tool(tool, args or {})
+    return not r.is_error, r.structured_content or {}
+
+
+async def propose(a: Instance, ttl: int = 3600) -> tuple[int, str]:
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_propose_federation_peer",
+                           {"remote_account": "globex", "remote_federation_domain": GLOBEX, "token_ttl_seconds": ttl})
+    assert ok, r
+    assert r["peering_token"].startswith("fmcp-peering-v1.")
+    return r["federation_peer"]["id"], r["peering_token"]
+
+
+def _doc(token: str) -> dict[str, Any]:
+    body = token.split(".", 1)[1]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+
+def _forge(token: str, **changes: Any) -> str:
+    doc = {**_doc(token), **changes}
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    return "fmcp-peering-v1." + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def test_propose_accept_refresh_suspend_and_revoke_across_instances(two) -> None:  # noqa: ANN001
+    a, b = two
+    peer_a, token = await propose(a)
+    doc = _doc(token)
+    assert doc["ep"] == [a.endpoint] and doc["acct"] == "acme" and doc["rdom"] == GLOBEX
+    assert len(doc["pin"]) == 64 and doc["iss"].startswith("inst-")
+
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": token})
+        assert ok, r
+        peer_b = r["federation_peer"]["id"]
+        assert r["federation_peer"]["status"] == "accepted"
+        assert r["federation_peer"]["local_account"] == f"acme@{doc['iss']}"
+        [cross_b] = [x for x in r["cross_certificates"] if x["state"] == "current"]
+        assert (cross_b["signed_by"], cross_b["name_constraints"]) == ("globex", [ACME])
+        # The token works once (a trailing newline makes it a new call for the gate's single-use approvals).
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": token + "\n"})
+        assert not ok and r.get("error", {}).get("code") == "unauthenticated", (ok, r)
+        ok, bundle_b = await call(c, "system_sdwan_get_trust_bundle")
+        assert bundle_b["certificate_count"] == 2
+
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_a})
+        peer = r["federation_peer"]
+        assert peer["status"] == "accepted" and peer["remote_account"].startswith("globex@inst-")
+        [cross_a] = [x for x in peer["cross_certificates"] if x["state"] == "current"]
+        assert (cross_a["signed_by"], cross_a["name_constraints"]) == ("acme", [GLOBEX])
+        ok, bundle_a = await call(c, "system_sdwan_get_trust_bundle")
+        assert bundle_a["certificate_count"] == 2
+        ok, r = await call(c, "system_sdwan_refresh_federation_peer", {"federation_peer_id": peer_a})
+        assert ok and r["outcome"] == "ok", r
+
+        # A suspends: pushed to B, where it is A's hold (B cannot lift it).
+        ok, r = await call(c, "system_sdwan_suspend_federation_peer", {"federation_peer_id": peer_a, "reason": "audit"})
+        assert ok and r["federation_peer"]["status"] == "suspended", r
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_b})
+        assert r["federation_peer"]["status"] == "suspended"
+        assert r["federation_peer"]["suspended_by"] == [f"acme@{doc['iss']}"]
+        ok, r = await call(c, "system_sdwan_resume_federation_peer", {"federation_peer_id": peer_b, "reason": "x"})
+        assert not ok and r["error"]["code"] == "conflict"
+        ok, r = await call(c, "system_sdwan_get_trust_bundle")
+        assert r["certificate_count"] == 1
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_resume_federation_peer", {"federation_peer_id": peer_a, "reason": "ok"})
+        assert ok and r["federation_peer"]["status"] == "accepted", r
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_b})
+        assert r["federation_peer"]["status"] == "accepted" and r["federation_peer"]["suspended_by"] == []
+        ok, r = await call(c, "system_sdwan_get_trust_bundle")
+        assert r["certificate_count"] == 2
+
+        # B revokes: pushed to A; terminal on both sides.
+        ok, r = await call(c, "system_sdwan_revoke_federation_peer", {"federation_peer_id": peer_b, "reason": "done"})
+        assert ok and r["federation_peer"]["status"] == "revoked"
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_a})
+        assert r["federation_peer"]["status"] == "revoked"
+        assert all(x["state"] == "revoked" for x in r["federation_peer"]["cross_certificates"])
+        ok, r = await call(c, "system_sdwan_get_trust_bundle")
+        assert r["certificate_count"] == 1
