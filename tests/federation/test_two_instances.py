@@ -174,3 +174,62 @@ async def test_propose_accept_refresh_suspend_and_revoke_across_instances(two) -
         assert all(x["state"] == "revoked" for x in r["federation_peer"]["cross_certificates"])
         ok, r = await call(c, "system_sdwan_get_trust_bundle")
         assert r["certificate_count"] == 1
+
+
+async def _nothing_on(b: Instance) -> None:
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_list_federation_peers")
+        assert ok and r["count"] == 0, r
+        ok, r = await call(c, "system_sdwan_get_trust_bundle")  # not even a CA was left behind
+        assert not ok and r["error"]["code"] == "not_found", r
+
+
+async def test_failures_leave_nothing_half_created_and_a_partition_converges(two) -> None:  # noqa: ANN001
+    a, b = two
+    peer_a, token = await propose(a)
+    async with b.client() as c:
+        # A man in the middle: the token's endpoint answers with another CA (B's own listener here).
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer",
+                           {"peering_token": _forge(token, ep=[b.endpoint])})
+        assert not ok and r["error"]["code"] == "external_error", r
+        assert "pinned" in r["error"]["message"]
+        # An expired token is refused before anything is dialed.
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": _forge(token, exp=1)})
+        assert not ok and r["error"]["code"] == "conflict" and "expired" in r["error"]["message"], r
+        # A token that is not one.
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": "fmcp-peering-v1.e30"})
+        assert not ok and r["error"]["code"] == "invalid_argument", r
+    await _nothing_on(b)
+
+    # The issuer is down during the accept: a clear error, nothing on either side.
+    a.stop()
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": token})
+        assert not ok and r["error"]["code"] == "external_error", r
+        assert "could be reached" in r["error"]["message"]
+    await _nothing_on(b)
+    a.start()
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_a})
+        assert r["federation_peer"]["status"] == "proposed" and r["federation_peer"]["cross_certificates"] == []
+
+    # The real token still works once A is back.
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": " " + token})
+        assert ok, r
+        peer_b = r["federation_peer"]["id"]
+
+    # A partition during a revoke: B revokes while A is down; the push fails, B's revoke stands...
+    a.stop()
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_revoke_federation_peer", {"federation_peer_id": peer_b, "reason": "cut"})
+        assert ok and r["federation_peer"]["status"] == "revoked", r
+    a.start()
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_a})
+        assert r["federation_peer"]["status"] == "accepted"  # A has not heard yet
+        # ...and converges when the partition heals: A's next poll pulls the revocation.
+        ok, r = await call(c, "system_sdwan_refresh_federation_peer", {"federation_peer_id": peer_a})
+        assert ok and r["outcome"] == "revoked" and r["federation_peer"]["status"] == "revoked", r
+        ok, r = await call(c, "system_sdwan_get_trust_bundle")
+        assert r["certificate_count"] == 1
