@@ -233,3 +233,75 @@ async def test_failures_leave_nothing_half_created_and_a_partition_converges(two
         assert ok and r["outcome"] == "revoked" and r["federation_peer"]["status"] == "revoked", r
         ok, r = await call(c, "system_sdwan_get_trust_bundle")
         assert r["certificate_count"] == 1
+
+
+@pytest.mark.postgres
+async def test_two_acceptors_race_for_one_token_and_a_hanging_endpoint_is_bounded(
+    tmp_path: Path, postgres_server  # noqa: ANN001
+) -> None:
+    import threading
+    import uuid
+
+    import anyio
+
+    name = "fed_" + uuid.uuid4().hex[:10]
+    postgres_server.psql(f"CREATE DATABASE {name}")
+    a = _instance(tmp_path, "eu-west", "acme", ACME)
+    b = _instance(tmp_path, "us-east", "globex", GLOBEX, db_url=postgres_server.url(name))  # PostgreSQL
+    c = _instance(tmp_path, "us-east-2", "globex", GLOBEX)  # another instance with an account of that domain
+    hang = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        hang.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = hang.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    try:
+        for inst in (a, b, c):
+            inst.start()
+        peer_a, token = await propose(a)
+        results: dict[str, tuple[bool, dict[str, Any]]] = {}
+
+        async def accept(inst: Instance) -> None:
+            async with inst.client() as cl:
+                results[inst.name] = await call(cl, "system_sdwan_accept_remote_federation_peer",
+                                                {"peering_token": token})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(accept, b)
+            tg.start_soon(accept, c)
+        winners = [n for n, (ok, _) in results.items() if ok]
+        assert len(winners) == 1, results
+        [(ok, loser)] = [v for n, v in results.items() if n not in winners]
+        assert loser["error"]["code"] == "unauthenticated", loser
+        async with a.client() as cl:
+            ok, r = await call(cl, "system_sdwan_list_federation_peers")
+            assert [p["status"] for p in r["federation_peers"]] == ["accepted"]
+        await _nothing_on(next(i for i in (b, c) if i.name not in winners))
+
+        # An endpoint that accepts connections and never answers: bounded by the timeout, clear error.
+        async with a.client() as cl:  # a second proposal (one live peer per pair of accounts)
+            ok, r = await call(cl, "system_sdwan_propose_federation_peer",
+                               {"remote_account": "initech", "remote_federation_domain": "initech.fleet.example"})
+        assert ok, r
+        hanging = _forge(r["peering_token"], ep=[f"https://127.0.0.1:{hang.getsockname()[1]}"], rdom=GLOBEX)
+        loser_inst = next(i for i in (b, c) if i.name not in winners)
+        async with loser_inst.client() as cl:
+            ok, r = await call(cl, "system_sdwan_accept_remote_federation_peer", {"peering_token": hanging})
+        assert not ok and r["error"]["code"] == "external_error" and "did not answer" in r["error"]["message"], r
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        hang.close()
+        for inst in (a, b, c):
+            inst.stop()
