@@ -7,14 +7,14 @@ import datetime as dt
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 
 from fleet_mcp.federation import pki
 from fleet_mcp.federation.lifecycle import TRUSTED_STATUSES, PeerStatus
-from fleet_mcp.federation.models import FederationPeer, IssuedCertificate
+from fleet_mcp.federation.models import FederationPeer, FederationRemote, IssuedCertificate
 from fleet_mcp.federation.schemas import FindingOut
 
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
@@ -77,6 +77,8 @@ class ScanInput:
     account_domains: Mapping[int, str | None]
     account_failures: Mapping[int, int]
     thresholds: ScanThresholds
+    #: Peers on another instance: their link (channel, last poll, last error), by peer id.
+    remotes: Mapping[int, FederationRemote] = field(default_factory=dict)
 
     def name(self, account_id: int) -> str:
         return self.account_names.get(account_id, f"account {account_id}")
@@ -240,6 +242,61 @@ def _prefix_overlap(s: ScanInput) -> Iterable[Hit]:
         )
 
 
+def _remote_links(s: ScanInput) -> Iterable[tuple[FederationPeer, FederationRemote]]:
+    for p in s.peers:
+        link = s.remotes.get(p.id)
+        if link is not None and link.remote_peer_id is not None:
+            yield p, link
+
+
+def _remote_revoked_local_trusted(s: ScanInput) -> Iterable[Hit]:
+    """The other instance revoked the peer but this side still has it (its revoke did not apply)."""
+    for p, link in _remote_links(s):
+        if link.remote_status == PeerStatus.REVOKED.value and p.status != PeerStatus.REVOKED.value:
+            yield p, (
+                f"{s.label(p)} is revoked on the other instance ({link.remote_instance_id}) but {p.status} here; "
+                "revoke it here too."
+            )
+
+
+def _remote_unreachable(s: ScanInput) -> Iterable[Hit]:
+    """The last poll or push to the other instance could not reach it."""
+    for p, link in _remote_links(s):
+        if p.status != PeerStatus.REVOKED.value and link.last_error_kind == "unreachable":
+            yield p, (
+                f"{s.label(p)}: the other instance at {link.remote_endpoint} was unreachable ({link.last_error}); "
+                "its suspensions and revocations reach this side only when it answers again."
+            )
+
+
+def _sequence_backwards(s: ScanInput) -> Iterable[Hit]:
+    """The other instance served a bundle older than one already accepted (a rollback or a replay)."""
+    for p, link in _remote_links(s):
+        if link.last_error_kind == "sequence_backwards":
+            yield p, f"{s.label(p)}: {link.last_error}; the newer bundle is kept. Ask the other operators why."
+
+
+def _remote_bundle_refused(s: ScanInput) -> Iterable[Hit]:
+    """The other instance's bundle was refused: another trust domain, malformed, oversized, or refused."""
+    for p, link in _remote_links(s):
+        if p.status != PeerStatus.REVOKED.value and link.last_error_kind in ("wrong_trust_domain", "malformed", "refused"):
+            yield p, f"{s.label(p)}: the other instance's bundle was refused ({link.last_error})."
+
+
+def _bundle_stale(s: ScanInput) -> Iterable[Hit]:
+    """No bundle from the other instance for three refresh intervals while the peer is trusted."""
+    for p, link in _remote_links(s):
+        if PeerStatus(p.status) not in TRUSTED_STATUSES:
+            continue
+        last = link.bundle_fetched_at
+        if last is None or s.now - last > dt.timedelta(seconds=3 * max(link.refresh_hint, 1)):
+            when = f"{last:%Y-%m-%d %H:%M} UTC" if last else "never"
+            yield p, (
+                f"{s.label(p)}: the other instance's bundle was last fetched {when} (refresh every "
+                f"{link.refresh_hint} s); a CA rotation or revocation there may not have arrived."
+            )
+
+
 #: The scan is this table: add a finding kind by adding a rule here.
 RULES: tuple[Rule, ...] = (
     Rule("proposal_stale", "low", _proposal_stale),
@@ -252,6 +309,11 @@ RULES: tuple[Rule, ...] = (
     Rule("unconstrained_cross_cert", "critical", _unconstrained_cross_cert),
     Rule("failed_accept_spike", "high", _failed_accept_spike),
     Rule("prefix_overlap", "medium", _prefix_overlap),
+    Rule("remote_revoked_local_trusted", "critical", _remote_revoked_local_trusted),
+    Rule("remote_unreachable", "high", _remote_unreachable),
+    Rule("sequence_backwards", "high", _sequence_backwards),
+    Rule("remote_bundle_refused", "high", _remote_bundle_refused),
+    Rule("bundle_stale", "medium", _bundle_stale),
 )
 
 
@@ -265,6 +327,7 @@ def scan_peers(
     account_failures: Mapping[int, int] | None = None,
     thresholds: ScanThresholds | None = None,
     rules: Sequence[Rule] = RULES,
+    remotes: Mapping[int, FederationRemote] | None = None,
 ) -> list[FindingOut]:
     """Findings of every rule, most severe first; `account_failures` counts recent failed accepts per
     attempting account."""
@@ -279,6 +342,7 @@ def scan_peers(
         account_domains=account_domains,
         account_failures=account_failures or {},
         thresholds=thresholds or ScanThresholds(),
+        remotes=remotes or {},
     )
     findings = [
         FindingOut(

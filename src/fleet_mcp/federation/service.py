@@ -610,7 +610,7 @@ class FederationService:
         try:
             status, answer = await self._channel_call(session, link, "GET", "bundle", None)
         except ExternalError as exc:
-            result = fail("unreachable", exc.message)
+            result = fail("malformed" if exc.subject.get("wire_code") else "unreachable", exc.message)
             await session.flush()
             return result
         if status != 200:
@@ -714,6 +714,11 @@ class FederationService:
             )
         ).all()
         failures = await self.acceptance.account_failures(session, account_id, now)
+        remotes = (
+            (await session.execute(select(FederationRemote).where(FederationRemote.peer_id.in_(ids)))).scalars().all()
+            if ids
+            else []
+        )
         findings = governance.scan_peers(
             rows,
             certs,
@@ -722,6 +727,7 @@ class FederationService:
             account_domains={i: d for i, _, d in accts},
             account_failures={account_id: failures},
             thresholds=self.config.scan,
+            remotes={r.peer_id: r for r in remotes},
         )
         return ScanOut(
             findings=findings,

@@ -215,10 +215,16 @@ async def call(
             hint="the endpoint does not present a certificate of the pinned instance CA",
             endpoint=endpoint,
         ) from None
-    except (OSError, ssl.SSLError, WireError, ValueError, IndexError) as exc:
-        reason = exc.message if isinstance(exc, WireError) else type(exc).__name__
+    except WireError as exc:
         raise ExternalError(
-            f"the federation endpoint {endpoint} could not be reached or answered badly ({reason})",
+            f"the federation endpoint {endpoint} answered badly ({exc.message})",
+            hint="the remote instance sent something this one refuses; ask its operators",
+            endpoint=endpoint,
+            wire_code=exc.code,
+        ) from None
+    except (OSError, ssl.SSLError, ValueError, IndexError) as exc:
+        raise ExternalError(
+            f"the federation endpoint {endpoint} could not be reached ({type(exc).__name__})",
             hint="check the address and that the remote instance is up",
             endpoint=endpoint,
         ) from None
