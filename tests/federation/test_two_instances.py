@@ -144,6 +144,17 @@ async def test_propose_accept_refresh_suspend_and_revoke_across_instances(two) -
         assert bundle_a["certificate_count"] == 2
         ok, r = await call(c, "system_sdwan_refresh_federation_peer", {"federation_peer_id": peer_a})
         assert ok and r["outcome"] == "ok", r
+        # A real mTLS handshake between a fresh acme node here and a fresh globex node there → active.
+        ok, r = await call(c, "system_sdwan_verify_federation_handshake", {"federation_peer_id": peer_a})
+        assert ok and r["ok"], r
+        assert [(d["from"], d["ok"]) for d in r["directions"]] == [("acme", True)]
+        assert r["federation_peer"]["status"] == "active"
+    async with b.client() as c:  # the other direction, from B; B was made active by A's handshake already
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_b})
+        assert r["federation_peer"]["status"] == "active"
+        ok, r = await call(c, "system_sdwan_verify_federation_handshake", {"federation_peer_id": peer_b})
+        assert ok and r["ok"] and r["directions"][0]["from"] == "globex", r
+    async with a.client() as c:
 
         # A suspends: pushed to B, where it is A's hold (B cannot lift it).
         ok, r = await call(c, "system_sdwan_suspend_federation_peer", {"federation_peer_id": peer_a, "reason": "audit"})
@@ -174,6 +185,9 @@ async def test_propose_accept_refresh_suspend_and_revoke_across_instances(two) -
         assert all(x["state"] == "revoked" for x in r["federation_peer"]["cross_certificates"])
         ok, r = await call(c, "system_sdwan_get_trust_bundle")
         assert r["certificate_count"] == 1
+        # The handshake fails now: revocation on B broke it on A.
+        ok, r = await call(c, "system_sdwan_verify_federation_handshake", {"federation_peer_id": peer_a})
+        assert ok and not r["ok"] and "verif" in r["directions"][0]["error"], r
 
 
 async def _nothing_on(b: Instance) -> None:

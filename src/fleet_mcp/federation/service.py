@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import Account
 from fleet_mcp.errors import Conflict, ExternalError, InvalidArgument
-from fleet_mcp.federation import accounts, governance, peers, tokens, wire
+from fleet_mcp.federation import accounts, governance, handshake, peers, tokens, wire
 from fleet_mcp.federation import remote as remote_mod
 from fleet_mcp.federation.accept import Acceptance, keep_changes
 from fleet_mcp.federation.authority import Authorities
@@ -26,6 +26,7 @@ from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, Fe
 from fleet_mcp.federation.remote import RemoteFederation
 from fleet_mcp.federation.schemas import (
     AcceptOut,
+    DirectionOut,
     FederationPeerOut,
     HandshakeOut,
     NodeCertificateOut,
@@ -468,12 +469,8 @@ class FederationService:
         correlation_id: str | None = None,
     ) -> HandshakeOut:
         if await self.remote.remote_of(session, peer_id) is not None:
-            await peers.visible(session, account_id, peer_id)
-            raise Conflict(
-                f"federation peer {peer_id} is on another instance; its handshake cannot be run from here yet",
-                hint="verify with a handshake between your nodes (each with its own bundle); "
-                "system_sdwan_refresh_federation_peer shows the other side's status",
-                federation_peer_id=peer_id,
+            return await self.verify_remote_handshake(
+                session, account_id=account_id, peer_id=peer_id, now=now, correlation_id=correlation_id
             )
         return await self.verifier.verify(
             session, account_id=account_id, peer_id=peer_id, now=now, correlation_id=correlation_id
@@ -676,6 +673,84 @@ class FederationService:
                 await peers.emit_both(session, peer, "federation.remote_ca_rotated", payload={"sequence": sequence})
         await session.flush()
         return "ok"
+
+    async def verify_remote_handshake(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> HandshakeOut:
+        """A real mutual-TLS handshake between a fresh node of this instance's account (client, trusting only
+        its own bundle) and a fresh node of the other instance's account (server, trusting only its bundle),
+        served by the other instance's federation endpoint under an SNI name it hands out over the channel.
+        Success on both ends makes the peer active on both instances."""
+        now = now or utcnow()
+        peer = await peers.visible(session, account_id, peer_id)
+        link = await self.remote.remote_of(session, peer_id)
+        assert link is not None
+        if link.remote_peer_id is None or link.outbound_channel_cert_pem is None:
+            raise Conflict(
+                f"federation peer {peer.id} is not established yet; there is nothing to verify",
+                hint="the remote instance accepts it first",
+                federation_peer_id=peer.id,
+            )
+        local = await accounts.by_id(session, link.local_account_id)
+        other_id, _ = self._other_side(peer, link)
+        other_name = (await accounts.by_id(session, other_id)).name
+        node = await self.verifier.probe_identity(session, local, peer, now, correlation_id)
+        error: str | None = None
+        try:
+            status, answer = await self._channel_call(session, link, "POST", "probe", {})
+            server_name = str(answer.get("server_name", "")) if status == 200 else ""
+            if not server_name:
+                code = (answer.get("error") or {}).get("code", status)
+                raise ExternalError(f"the other instance did not serve a probe ({code})")
+            assert link.remote_endpoint is not None
+            status, answer = await wire.call(
+                link.remote_endpoint,
+                "GET",
+                f"{remote_mod.API}/probe/{server_name}",
+                None,
+                ctx=handshake.build_context(node, server=False),
+                server_hostname=server_name,
+            )
+            if status != 200 or answer.get("ok") is not True:
+                error = f"{other_name} (server) rejected {local.name}: {(answer.get('error') or {}).get('message')}"
+        except ExternalError as exc:
+            error = f"{local.name} → {other_name}: {exc.message}"
+        ok = error is None
+        direction = DirectionOut(from_=local.name, to=other_name, ok=ok, error=error, tls_version=None)
+        if ok:
+            peer.last_handshake_at, peer.last_handshake_error = now, None
+            if peer.status == PeerStatus.ACCEPTED.value:
+                peer.status = check_action(peer.status, "activate", peer_id=peer.id)
+                kind, severity = "federation.peer_activated", "info"
+            elif peer.status in {s.value for s in TRUSTED_STATUSES}:
+                kind, severity = "federation.handshake_verified", "info"
+            else:
+                kind, severity = "federation.revoked_but_trusted", "critical"
+        else:
+            peer.last_handshake_error = error
+            kind = "federation.handshake_failed"
+            severity = "high" if peer.status in {s.value for s in TRUSTED_STATUSES} else "info"
+        await session.flush()
+        await peers.emit_both(
+            session, peer, kind, severity=severity, payload={"ok": ok, "error": error}, correlation_id=correlation_id
+        )
+        return HandshakeOut(ok=ok, directions=[direction], federation_peer=await peers.to_out(session, peer, now=now))
+
+    async def record_remote_handshake(
+        self, session: AsyncSession, peer: FederationPeer, *, now: dt.datetime
+    ) -> None:
+        """The other instance's node completed a verified handshake with one of ours (server side)."""
+        peer.last_handshake_at, peer.last_handshake_error = now, None
+        if peer.status == PeerStatus.ACCEPTED.value:
+            peer.status = check_action(peer.status, "activate", peer_id=peer.id)
+            await peers.emit_both(session, peer, "federation.peer_activated")
+        await session.flush()
 
     # -- governance and renewal ------------------------------------------------------------------
 

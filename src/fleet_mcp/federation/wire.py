@@ -35,6 +35,8 @@ class Request:
     path: str
     body: dict[str, Any] | None
     client_cert_der: bytes | None
+    #: The TLS context the connection ended up with (a probe context chosen by SNI, or the endpoint's).
+    tls_context: Any = None
 
 
 Handler = Callable[[Request], Awaitable[tuple[int, dict[str, Any]]]]
@@ -114,7 +116,8 @@ async def serve(host: str, port: int, ctx: ssl.SSLContext, handler: Handler) -> 
                     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                         raise WireError(400, "malformed", "bad request line")
                     body = _decode(await _read_body(reader, headers))
-                status, out = await handler(Request(parts[0].upper(), parts[1], body, der))
+                tls_ctx = sslobj.context if sslobj is not None else None
+                status, out = await handler(Request(parts[0].upper(), parts[1], body, der, tls_ctx))
             except WireError as exc:
                 status, out = exc.status, {"error": {"code": exc.code, "message": exc.message}}
             except TimeoutError:
