@@ -366,7 +366,9 @@ async def verify_federation_handshake(ctx: ToolContext, args: PeerIdArgs) -> Han
     """Run a real mutual-TLS handshake over loopback between fresh nodes of both accounts, in both directions.
 
     Each side trusts only its own bundle. Success makes an accepted peer active; a failure names the
-    direction and the reason (e.g. certificate verify failed)."""
+    direction and the reason (e.g. certificate verify failed). For a peer on another instance, a fresh node
+    of this account connects to a fresh node of the other account served by that instance's federation
+    endpoint (one direction per call: this instance's node is the client); success activates both sides."""
     return await service(ctx).verify_handshake(ctx.session, peer_id=args.federation_peer_id, **_who(ctx))
 
 
@@ -447,7 +449,9 @@ async def revoke_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
 )
 async def federation_scan(ctx: ToolContext, args: NoArgs) -> ScanOut:
     """Findings that need an operator: stale proposals, expired tokens, missing handshakes, expiring or
-    unconstrained cross certificates, revoked peers still trusted, failed-accept spikes, prefix overlaps."""
+    unconstrained cross certificates, revoked peers still trusted, failed-accept spikes, prefix overlaps; for
+    peers on another instance: unreachable, bundle stale, sequence gone backwards, bundle refused, revoked
+    there but not here."""
     return await service(ctx).scan(ctx.session, account_id=ctx.principal.account_id)
 
 
