@@ -720,7 +720,7 @@ class FederationService:
             if status != 200 or answer.get("ok") is not True:
                 error = f"{other_name} (server) rejected {local.name}: {(answer.get('error') or {}).get('message')}"
         except ExternalError as exc:
-            error = f"{local.name} → {other_name}: {exc.message}"
+            error = exc.message
         ok = error is None
         direction = DirectionOut(from_=local.name, to=other_name, ok=ok, error=error, tls_version=None)
         if ok:
