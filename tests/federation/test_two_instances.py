@@ -319,3 +319,34 @@ async def test_two_acceptors_race_for_one_token_and_a_hanging_endpoint_is_bounde
         hang.close()
         for inst in (a, b, c):
             inst.stop()
+
+
+async def test_strangers_cannot_lock_or_cancel_a_proposal_but_a_guessed_secret_is_counted(two) -> None:  # noqa: ANN001
+    """Anyone can reach the endpoint: garbage establishes get the uniform refusal and change nothing; a wrong
+    secret under the right public id (someone saw the token) counts towards the lock."""
+    from fleet_mcp.federation import wire
+
+    a, b = two
+    peer_a, token = await propose(a)
+    doc = _doc(token)
+    ctx = wire.probe_context()  # a stranger does not even check the pin
+    public_id, secret = doc["tok"].split(".")
+    for _ in range(12):
+        status, answer = await wire.call(a.endpoint, "POST", "/federation/v1/establish",
+                                         {"tok": "fat_" + "A" * 16 + "." + "B" * 43, "peer": peer_a},
+                                         ctx=ctx, server_hostname=None)
+        assert (status, answer["error"]["code"]) == (401, "invalid_token")
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_a})
+        assert r["federation_peer"]["status"] == "proposed" and r["federation_peer"]["failed_attempts"] == 0
+    wrong = public_id + "." + ("A" if secret[0] != "A" else "B") + secret[1:]
+    status, answer = await wire.call(a.endpoint, "POST", "/federation/v1/establish", {"tok": wrong, "peer": peer_a},
+                                     ctx=ctx, server_hostname=None)
+    assert (status, answer["error"]["code"]) == (401, "invalid_token")
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_get_federation_peer", {"federation_peer_id": peer_a})
+        assert r["federation_peer"]["failed_attempts"] == 1
+    # The real token still works.
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": token})
+        assert ok, r

@@ -219,7 +219,10 @@ class RemoteFederation:
         if peer.status != PeerStatus.PROPOSED.value or not tokens.digest_matches(
             presented, peer.token_id, peer.token_digest
         ):
-            await self._count_failure(session, peer, now)
+            # Counted (towards lock and cancellation) only when the public id is right, i.e. the caller saw the
+            # token: otherwise anyone reaching the endpoint could cancel proposals by sending garbage.
+            if tokens.public_id_matches(presented, peer.token_id):
+                await self._count_failure(session, peer, now)
             raise UNIFORM
         if peer.token_expires_at is None or peer.token_expires_at <= now:
             raise Refusal(410, "expired", "the peering token has expired; ask for a new one")
