@@ -28,7 +28,7 @@ from fleet_mcp.federation import pki
 INSTANCE_SUFFIX = "instance.fleet-mcp.invalid"
 CA_LIFETIME = dt.timedelta(days=3650)
 ENDPOINT_LIFETIME = dt.timedelta(days=365)
-CHANNEL_LIFETIME = dt.timedelta(days=30)
+CHANNEL_LIFETIME = dt.timedelta(days=365)
 
 
 def instance_name(instance_id: str) -> str:
