@@ -28,7 +28,7 @@ rules:
     match:
       tools: [system_sdwan_propose_federation_peer, system_sdwan_accept_federation_peer,
               system_sdwan_regenerate_acceptance_token, system_sdwan_suspend_federation_peer,
-              system_sdwan_accept_remote_federation_peer,
+              system_sdwan_accept_remote_federation_peer, system_sdwan_rotate_intermediate_ca,
               system_sdwan_resume_federation_peer, system_sdwan_revoke_federation_peer]
     decision: require_approval
   - name: routine-changes
@@ -61,6 +61,7 @@ EXPECTED = {
     "system_sdwan_get_trust_bundle": ("sdwan.federation.read", True, False),
     "system_sdwan_accept_remote_federation_peer": ("sdwan.federation.manage", False, False),
     "system_sdwan_refresh_federation_peer": ("sdwan.federation.manage", False, False),
+    "system_sdwan_rotate_intermediate_ca": ("sdwan.federation.manage", False, False),
 }
 
 

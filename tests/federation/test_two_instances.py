@@ -154,6 +154,18 @@ async def test_propose_accept_refresh_suspend_and_revoke_across_instances(two) -
         assert r["federation_peer"]["status"] == "active"
         ok, r = await call(c, "system_sdwan_verify_federation_handshake", {"federation_peer_id": peer_b})
         assert ok and r["ok"] and r["directions"][0]["from"] == "globex", r
+    # A rotates its intermediate: B's next poll re-signs the new one and the link keeps working.
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_rotate_intermediate_ca")
+        assert ok, r
+    async with b.client() as c:
+        ok, r = await call(c, "system_sdwan_refresh_federation_peer", {"federation_peer_id": peer_b})
+        assert ok and r["outcome"] == "ok", r
+        states = sorted(x["state"] for x in r["federation_peer"]["cross_certificates"])
+        assert states == ["current", "superseded"], states
+    async with a.client() as c:
+        ok, r = await call(c, "system_sdwan_verify_federation_handshake", {"federation_peer_id": peer_a})
+        assert ok and r["ok"], r  # A's fresh node comes from the new intermediate; B trusts it
     async with a.client() as c:
 
         # A suspends: pushed to B, where it is A's hold (B cannot lift it).

@@ -71,6 +71,7 @@ ROWS: tuple[Row, ...] = (
         ("peering_token",), R),
     Row("system_sdwan_refresh_federation_peer", "federation", "sdwan.federation.manage", "",
         ("federation_peer_id",), A),
+    Row("system_sdwan_rotate_intermediate_ca", "federation", "sdwan.federation.manage", "", (), R),
     Row("system_sdwan_regenerate_acceptance_token", "federation", "sdwan.federation.manage", "",
         ("federation_peer_id", "token_ttl_seconds"), R),
     Row("system_sdwan_list_federation_peers", "federation", "sdwan.federation.read", "RO", ("status",), A),

@@ -91,6 +91,14 @@ class FederationService:
     ) -> TrustBundleOut:
         return await self.authorities.trust_bundle(session, account_id=account_id, include_crls=include_crls)
 
+    async def rotate_intermediate(
+        self, session: AsyncSession, *, account_id: int, now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> TrustBundleOut:
+        now = now or utcnow()
+        await self.authorities.rotate_intermediate(session, account_id, now=now, correlation_id=correlation_id)
+        return await self.authorities.trust_bundle(session, account_id=account_id)
+
     # -- reading peers ---------------------------------------------------------------------------
 
     async def list_peers(

@@ -487,3 +487,27 @@ async def get_trust_bundle(ctx: ToolContext, args: BundleArgs) -> TrustBundleOut
     return await service(ctx).trust_bundle(
         ctx.session, account_id=ctx.principal.account_id, include_crls=args.include_crls
     )
+
+
+async def _rotate_summary(ctx: ToolContext, args: NoArgs) -> str:
+    return (
+        f"Rotate the intermediate CA of {ctx.principal.account_name}: new key under the same root; peers re-sign "
+        "it; node certificates must be re-issued."
+    )
+
+
+@tool(
+    name="system_sdwan_rotate_intermediate_ca",
+    title="Rotate the account's intermediate CA",
+    permission=MANAGE,
+    summary=_rotate_summary,
+    **FEDERATION,
+)
+async def rotate_intermediate_ca(ctx: ToolContext, args: NoArgs) -> TrustBundleOut:
+    """Replace this account's intermediate CA (new key, same root) and re-sign its CRLs.
+
+    Peers on this instance cross-sign the new intermediate at once; peers on other instances do so on their
+    next bundle poll (the bundle sequence grows). Node certificates issued by the old intermediate keep
+    working inside the account until they expire; peers trust only new ones: re-issue node certificates."""
+    return await service(ctx).rotate_intermediate(ctx.session, **_who(ctx))
+
