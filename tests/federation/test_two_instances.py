@@ -142,6 +142,8 @@ async def test_propose_accept_refresh_suspend_and_revoke_across_instances(two) -
         assert (cross_a["signed_by"], cross_a["name_constraints"]) == ("acme", [GLOBEX])
         ok, bundle_a = await call(c, "system_sdwan_get_trust_bundle")
         assert bundle_a["certificate_count"] == 2
+        ok, scan = await call(c, "system_sdwan_federation_scan")
+        assert [f["kind"] for f in scan["findings"]] == ["cross_handshake_pending"], scan
         ok, r = await call(c, "system_sdwan_refresh_federation_peer", {"federation_peer_id": peer_a})
         assert ok and r["outcome"] == "ok", r
         # A real mTLS handshake between a fresh acme node here and a fresh globex node there → active.

@@ -341,6 +341,7 @@ class RemoteFederation:
         remote.remote_peer_id = remote_peer_id
         remote.claimed_at = None
         remote.remote_status, remote.last_contact_at = PeerStatus.ACCEPTED.value, now
+        remote.bundle_fetched_at = now  # the acceptor's CA material arrived with the establish
         peer.status = check_action(peer.status, "accept", peer_id=peer.id)
         peer.accepted_at, peer.trusted_since = now, now
         peer.accepted_by = f"{remote.remote_account_name}@{remote.remote_instance_id}"
