@@ -81,6 +81,12 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
         from fleet_mcp.policy.watcher import install_sighup_reload
 
         remove_sighup = install_sighup_reload(app.policy)
+        federation = None
+        if ns.federation_listen:
+            from fleet_mcp.federation import listener
+
+            fhost, _, fport = ns.federation_listen.rpartition(":")
+            federation = await listener.start(app, fhost.strip("[]") or "127.0.0.1", int(fport))
         try:
             if ns.transport == "http":
                 from fleet_mcp.http import serve_http
@@ -95,6 +101,8 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
                 async with run_scheduler(app, enabled=settings.scheduler):
                     await server.run_stdio_async()
         finally:
+            if federation is not None:
+                federation.close()
             remove_sighup()
             await app.close()
 
@@ -301,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--read-only", action="store_true", help="serve only read-only tools")
     s.add_argument("--toolsets", default=None, help="comma list: fleet,gitops,federation,vault,approvals,audit")
     s.add_argument("--stateless", action="store_true", help="stateless HTTP (no elicitation; approvals queue)")
+    s.add_argument("--federation-listen", default=None, metavar="HOST:PORT",
+                   help="serve the federation endpoint (TLS, instance CA) for peers on other instances")
     s.set_defaults(fn=cmd_serve)
 
     d = sub.add_parser("demo", help="run the main job end to end on embedded defaults in a temp data dir")

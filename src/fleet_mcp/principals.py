@@ -69,7 +69,9 @@ async def create_account(session: AsyncSession, name: str, federation_domain: st
     check_name("account", name)
     if (await session.execute(select(Account.id).where(Account.name == name))).first():
         raise Conflict(f"account {name!r} already exists", account=name)
-    return await ensure_account(session, name, federation_domain)
+    from fleet_mcp.federation.accounts import check_new_domain  # validation of federation domains lives there
+
+    return await ensure_account(session, name, await check_new_domain(session, federation_domain or f"{name}.fleet.internal"))
 
 
 async def ensure_principal(session: AsyncSession, account: Account, name: str, roles: list[str]) -> Principal:

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     federation_token_ttl: int = Field(default=86_400, ge=60, le=7 * 86_400)
     node_cert_hours: int = Field(default=24, ge=1, le=24 * 30)
     cross_cert_days: int = Field(default=7, ge=1, le=90)
+    federation_advertise_url: str | None = Field(
+        default=None, description="URL peers dial for this instance's federation endpoint (default https://HOST:PORT)."
+    )
+    federation_refresh_seconds: int = Field(
+        default=300, ge=30, le=3600, description="Seconds between polls of remote instances' trust bundles."
+    )
 
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
     max_concurrent_calls: int = Field(default=256, ge=1, description="Calls one process runs at once; more are "
