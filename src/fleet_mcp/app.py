@@ -50,6 +50,9 @@ class App:
         self._gate: Gate | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._request_state_keys: list[bytes] | None = None
+        #: Set when `serve --federation-listen` runs this instance's federation endpoint (identity, URL).
+        self.federation_identity: Any = None
+        self.federation_endpoint: str | None = None
         #: Bounded concurrency per process and per principal (excess refused as busy).
         self.admission = Admission(per_process=settings.max_concurrent_calls,
                                    per_principal=settings.max_concurrent_calls_per_principal)

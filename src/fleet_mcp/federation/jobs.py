@@ -23,7 +23,8 @@ async def renew_cross_certificates(app: Any) -> int:
     from fleet_mcp.vault.credentials import CredentialKeySealer
 
     svc = FederationService(CredentialKeySealer(app.transit), FederationConfig.from_settings(app.settings))
-    async with app.sessionmaker() as session, session.begin():
+    async with app.unit_of_work() as uow:
+        session = uow.session
         renewed = await svc.renew_cross_certificates(session)
         if renewed:
             await audit.append(
@@ -54,7 +55,7 @@ async def refresh_remote_bundles(app: Any) -> int:
     from fleet_mcp.federation.models import FederationPeer, FederationRemote
 
     svc = build_service(app)
-    async with app.sessionmaker() as session:
+    async with app.read_sessionmaker() as session:
         ids = (
             await session.execute(
                 select(FederationRemote.peer_id)
@@ -67,7 +68,8 @@ async def refresh_remote_bundles(app: Any) -> int:
         ).scalars().all()
     changed = 0
     for peer_id in ids:
-        async with app.sessionmaker() as session, session.begin():
+        async with app.unit_of_work() as uow:
+            session = uow.session
             before = (await session.get(FederationPeer, peer_id)).status  # type: ignore[union-attr]
             outcome = await svc.refresh_remote(session, peer_id=peer_id)
             after = (await session.get(FederationPeer, peer_id)).status  # type: ignore[union-attr]

@@ -34,8 +34,8 @@ def build_service(app: Any) -> Any:
     return FederationService(
         CredentialKeySealer(app.transit),
         FederationConfig.from_settings(app.settings),
-        identity=lambda: getattr(app, "federation_identity", None),
-        endpoint=getattr(app, "federation_endpoint", None),
+        identity=lambda: app.federation_identity,
+        endpoint=app.federation_endpoint,
     )
 
 
@@ -97,7 +97,8 @@ class Endpoint:
         who = str(body.get("instance_id", "unknown"))[:40]
         args = {"peer": body.get("peer"), "instance_id": who, "account": str(body.get("account", ""))[:120]}
         # Refusals keep their writes (failure counters) and are audited; a crash rolls everything back.
-        async with self.app.sessionmaker() as session, session.begin():
+        async with self.app.unit_of_work() as uow:
+            session = uow.session
             try:
                 out = await svc.remote.establish(session, body, now=utcnow())
             except Refusal as exc:
@@ -113,7 +114,8 @@ class Endpoint:
         if req.method != expected:
             return 405, {"error": {"code": "method", "message": f"{verb} takes {expected}"}}
         svc = build_service(self.app)
-        async with self.app.sessionmaker() as session, session.begin():
+        async with self.app.unit_of_work() as uow:
+            session = uow.session
             peer, link = await svc.remote.channel_peer(session, peer_id, req.client_cert_der)
             who = link.remote_instance_id or "unknown"
             now = utcnow()
@@ -152,7 +154,8 @@ class Endpoint:
             return 403, {"error": {"code": "no_probe", "message": "no verified probe handshake on this connection"}}
         self.probes.pop(name, None)
         svc = build_service(self.app)
-        async with self.app.sessionmaker() as session, session.begin():
+        async with self.app.unit_of_work() as uow:
+            session = uow.session
             from fleet_mcp.federation.models import FederationPeer
 
             peer = await session.get(FederationPeer, entry[2])

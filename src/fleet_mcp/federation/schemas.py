@@ -58,6 +58,7 @@ class ProposalOut(BaseModel):
         default=None,
         description="Only for a remote account on another instance: shown once, pasted into "
         "system_sdwan_accept_remote_federation_peer there (endpoint, pinned CA, one-time secret, expiry).",
+        json_schema_extra=SECRET,
     )
 
 
@@ -67,7 +68,8 @@ class TokenOut(BaseModel):
                                   json_schema_extra=SECRET)
     acceptance_token_expires_at: dt.datetime
     peering_token: str | None = Field(
-        default=None, description="For a proposal to another instance: the new peering token (shown once)."
+        default=None, description="For a proposal to another instance: the new peering token (shown once).",
+        json_schema_extra=SECRET,
     )
 
 
