@@ -109,12 +109,27 @@ def cmd_db_upgrade(settings: Settings, ns: argparse.Namespace) -> int:
     return 0
 
 
+def _actor(settings: Settings) -> Any:
+    """The local operator as the actor of an administrative change (its audit row's principal)."""
+    import getpass
+
+    from fleet_mcp.principals import Actor
+
+    try:
+        os_user: str | None = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        os_user = None
+    return Actor(qualified=f"{settings.account}/{settings.principal}", account=settings.account, via="cli",
+                 os_user=os_user)
+
+
 def cmd_account_create(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
         async with app.sessionmaker() as session, session.begin():
-            acct = await principals.create_account(session, ns.name, ns.federation_domain)
+            acct = await principals.create_account_audited(session, ns.name, ns.federation_domain,
+                                                           actor=_actor(settings))
         print(f"account {acct.name} created (federation domain {acct.federation_domain})")
         return 0
 
@@ -126,9 +141,8 @@ def cmd_token_create(settings: Settings, ns: argparse.Namespace) -> int:
 
     async def go(app: Any) -> int:
         async with app.sessionmaker() as session, session.begin():
-            await principals.ensure_account(session, ns.account)
             token = await principals.create_token(session, account=ns.account, label=ns.name, roles=ns.role,
-                                                  principal=ns.principal,
+                                                  principal=ns.principal, actor=_actor(settings),
                                                   known_roles=app.policy.current.role_table())
         print(f"token {ns.name} for {ns.account}/{ns.principal or ns.name} with roles {', '.join(ns.role)}; "
               "it is shown once, store it now:", file=sys.stderr)
@@ -157,8 +171,39 @@ def cmd_token_revoke(settings: Settings, ns: argparse.Namespace) -> int:
 
     async def go(app: Any) -> int:
         async with app.sessionmaker() as session, session.begin():
-            await principals.revoke_token(session, ns.label)
+            await principals.revoke_token(session, ns.label, actor=_actor(settings))
         print(f"token {ns.label} revoked")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_principal_set_roles(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import principals
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session, session.begin():
+            before, after = await principals.set_principal_roles(
+                session, ns.principal, ns.role, known_roles=app.policy.current.role_table(), actor=_actor(settings))
+        print(f"principal {ns.principal}: roles {', '.join(before) or '(none)'} -> {', '.join(after)}; "
+              "its tokens carry at most these from their next request")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_principal_list(settings: Settings, ns: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from fleet_mcp.db.models import Account, Principal
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session:
+            rows = (await session.execute(select(Account.name, Principal.name, Principal.roles, Principal.disabled)
+                                          .join(Account, Principal.account_id == Account.id)
+                                          .order_by(Account.name, Principal.name))).all()
+        for acct, name, roles, disabled in rows:
+            print(f"{acct}/{name}\t{','.join(roles) or '-'}" + ("\tdisabled" if disabled else ""))
         return 0
 
     return _run(lambda: _with_app(settings, go))
@@ -318,13 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tok.add_parser("create", help="create a token (printed once, last line of stdout)")
     tc.add_argument("--account", required=True)
     tc.add_argument("--name", required=True, help="token label")
-    tc.add_argument("--role", action="append", required=True, help="role (repeatable)")
+    tc.add_argument("--role", action="append", required=True,
+                    help="role (repeatable); the token carries exactly these")
     tc.add_argument("--principal", default=None, help="principal name (default: the label)")
     tc.set_defaults(fn=cmd_token_create)
     tok.add_parser("list", help="list tokens (never the token)").set_defaults(fn=cmd_token_list)
     tr = tok.add_parser("revoke", help="revoke a token")
     tr.add_argument("label")
     tr.set_defaults(fn=cmd_token_revoke)
+
+    pr = sub.add_parser("principal", help="principals and their roles").add_subparsers(dest="pr_cmd",
+                                                                                       required=True)
+    ps = pr.add_parser("set-roles", help="set the roles of ACCOUNT/NAME (audited; limits its tokens at once)")
+    ps.add_argument("principal", help="ACCOUNT/NAME")
+    ps.add_argument("--role", action="append", required=True, help="role (repeatable); replaces the current roles")
+    ps.set_defaults(fn=cmd_principal_set_roles)
+    pr.add_parser("list", help="list principals and their roles").set_defaults(fn=cmd_principal_list)
 
     pol = sub.add_parser("policy", help="intervention policy").add_subparsers(dest="pol_cmd", required=True)
     pc = pol.add_parser("check", help="validate a policy file")

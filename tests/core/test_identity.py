@@ -18,3 +18,118 @@ async def test_policy_explain_lists_every_rule_considered(client) -> None:  # no
     assert len(decisive) <= 1
     if decisive:
         assert decisive[0]["rule"] == r.structured_content["rule"]
+
+
+# -- roles per token, audited administration (real CLI subprocesses and a real HTTP server) ----------------
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx2  # noqa: E402
+from mcp import Client  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+
+from tests.conftest import HttpServer, cli_env, run_cli  # noqa: E402
+
+
+def _token(env: dict[str, str], label: str, principal: str, *roles: str, account: str = "acme") -> str:
+    role_args = [a for r in roles for a in ("--role", r)]
+    out = run_cli(env, "token", "create", "--account", account, "--name", label, "--principal", principal, *role_args)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _http(url: str, token: str) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return Client(streamable_http_client(url + "/mcp", http_client=http))
+
+
+async def _can_write(url: str, token: str, name: str) -> bool:
+    async with _http(url, token) as c:
+        r = await c.call_tool("system_put_template", {"name": name, "spec": {}})
+    if r.is_error:
+        assert r.structured_content["permission"] == "system.fleet.write", r.content
+    return not r.is_error
+
+
+def _principals(env: dict[str, str]) -> dict[str, str]:
+    lines = run_cli(env, "principal", "list").stdout.strip().splitlines()
+    return dict(line.split("\t")[:2] for line in lines)
+
+
+def _audit_rows(env: dict[str, str]) -> list[dict]:
+    return [json.loads(line) for line in run_cli(env, "audit", "export").stdout.splitlines()]
+
+
+@pytest.fixture
+def admin_env(tmp_path: Path, fresh_db_url: str):  # noqa: ANN201
+    env = cli_env(tmp_path / "data", fresh_db_url, FLEET_MCP_PRINCIPAL="root")
+    run_cli(env, "db", "upgrade")
+    run_cli(env, "account", "create", "acme")
+    server = HttpServer(env)
+    yield env, server
+    server.stop()
+
+
+async def test_token_roles_are_exact_demotion_works_and_local_identity_never_grants(admin_env) -> None:  # noqa: ANN001
+    env, server = admin_env
+    admin = _token(env, "alice-admin", "alice", "admin")
+    viewer = _token(env, "alice-ro", "alice", "viewer")
+    # A viewer token of a principal that is (and was) admin cannot write.
+    assert await _can_write(server.url, admin, "a1")
+    assert not await _can_write(server.url, viewer, "a2")
+    assert "alice-ro\t" in run_cli(env, "token", "list").stdout
+    assert [line for line in run_cli(env, "token", "list").stdout.splitlines()
+            if line.startswith("alice-ro\t")][0].split("\t")[3] == "viewer"
+
+    # Local identity (stdio, any CLI command) never changes a principal's roles.
+    run_cli(env, "principal", "set-roles", "acme/alice", "--role", "operator")
+    as_alice = {**env, "FLEET_MCP_ACCOUNT": "acme", "FLEET_MCP_PRINCIPAL": "alice", "FLEET_MCP_ROLES": "admin"}
+    run_cli(as_alice, "approvals", "list")
+    assert _principals(env)["acme/alice"] == "operator"
+
+    # Demotion takes effect at the admin token's next request: it keeps only roles alice still holds.
+    assert not await _can_write(server.url, admin, "a3")
+    async with _http(server.url, admin) as c:
+        r = await c.call_tool("system_put_template", {"name": "a4", "spec": {}})
+    assert "has roles (none)" in r.content[0].text
+
+    # Raising the principal again does not give the viewer token more than it was issued with.
+    run_cli(env, "principal", "set-roles", "acme/alice", "--role", "admin")
+    assert not await _can_write(server.url, viewer, "a5")
+    assert await _can_write(server.url, admin, "a6")
+    # A new token for alice may carry operator: the principal's roles grow, recorded in the audit row.
+    op = _token(env, "alice-op", "alice", "operator")
+    assert await _can_write(server.url, op, "a7")
+    assert _principals(env)["acme/alice"] == "admin,operator"
+
+
+async def test_every_change_of_who_may_do_what_is_in_the_audit_chain(admin_env) -> None:  # noqa: ANN001
+    env, _server = admin_env
+    token = _token(env, "bob-1", "bob", "operator")
+    run_cli(env, "principal", "set-roles", "acme/bob", "--role", "viewer")
+    run_cli(env, "token", "revoke", "bob-1")
+    rows = [r for r in _audit_rows(env) if r["tool"].startswith("admin.")]
+    assert [r["tool"] for r in rows] == ["admin.account_create", "admin.token_create", "admin.principal_set_roles",
+                                         "admin.token_revoke"]
+    for r in rows:
+        assert r["principal"] == "default/root" and r["decision"] == "admin" and r["detail"]["via"] == "cli"
+        assert r["account"] == "acme"
+        assert token not in json.dumps(r)
+    assert rows[1]["arguments"]["roles"] == ["operator"] and rows[1]["arguments"]["principal"] == "acme/bob"
+    assert rows[2]["detail"]["before"] == ["operator"] and rows[2]["detail"]["after"] == ["viewer"]
+    assert "audit chain ok" in run_cli(env, "audit", "verify").stdout
+    # A refused change records nothing.
+    before = len(_audit_rows(env))
+    out = run_cli(env, "principal", "set-roles", "acme/nobody", "--role", "viewer", check=False)
+    assert out.returncode != 0 and "does not exist" in out.stderr
+    assert len(_audit_rows(env)) == before
+
+
+async def test_token_for_unknown_account_is_refused_and_creates_nothing(admin_env) -> None:  # noqa: ANN001
+    env, _server = admin_env
+    out = run_cli(env, "token", "create", "--account", "acmee", "--name", "t1", "--role", "viewer", check=False)
+    assert out.returncode == 1
+    assert "account 'acmee' does not exist" in out.stderr and "acme" in out.stderr
+    assert "account create" in out.stderr and "Traceback" not in out.stderr
+    assert "acmee/" not in run_cli(env, "principal", "list").stdout
+    out = run_cli(env, "token", "create", "--account", "acmee", "--name", "t1", "--role", "viewer", check=False)
+    assert "does not exist" in out.stderr  # still not created as a side effect
