@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
+import os
 import re
+import secrets
+import stat
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
@@ -18,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
-from fleet_mcp.errors import ExternalError
+from fleet_mcp.errors import ExternalError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +87,103 @@ def _reveal(value: Any) -> Any:
     return value
 
 
-def arguments_digest(arguments: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the exact arguments (secrets included, so a changed secret
-    changes the digest; the digest itself reveals nothing about a 256-bit-entropy secret, and only
-    a digest of the whole argument set is stored)."""
-    return hashlib.sha256(canonical_json(_reveal(arguments)).encode()).hexdigest()
+# -- keyed argument digests -----------------------------------------------------------------------
+#: The scheme of digests written since 0.2: HMAC-SHA256 under the server's digest key. Older rows hold a
+#: bare 64-hex unsalted SHA-256 (no prefix); they keep it, since the chain hash covers the stored string.
+DIGEST_SCHEME = "hmac-sha256:"
+DIGEST_KEY_BYTES = 32
+_digest_key: bytes | None = None
+
+
+def set_digest_key(key: bytes) -> None:
+    """Install the server's digest key (App.start does, before any call); every digest after it uses it."""
+    global _digest_key
+    if len(key) < 16:
+        raise ValueError("the audit digest key must be at least 16 bytes")
+    _digest_key = bytes(key)
+
+
+def _current_key() -> bytes:
+    global _digest_key
+    if _digest_key is None:
+        # Only code that never started an App (unit tests, scripts) gets here: a random per-process key keeps
+        # digests keyed; an approval it binds cannot be executed by another process (fails closed).
+        log.warning("no audit digest key installed; using a random key for this process only")
+        _digest_key = secrets.token_bytes(DIGEST_KEY_BYTES)
+    return _digest_key
+
+
+def digest_key_from_secret(secret: str) -> bytes:
+    """A digest key derived from a configured secret (FLEET_MCP_AUDIT_KEY), the same in every process."""
+    if len(secret) < 16:
+        raise ValueError("FLEET_MCP_AUDIT_KEY must be at least 16 characters")
+    return hmac.new(b"fleet-mcp audit digest key v1", secret.encode(), hashlib.sha256).digest()
+
+
+def load_or_create_digest_key(path: Path) -> bytes:
+    """Read the digest key file (base64 of 32 bytes), creating it with mode 0600 when missing; refuse a file
+    that group or others may read. Two processes creating it at once end up with the same key."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, base64.b64encode(secrets.token_bytes(DIGEST_KEY_BYTES)) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgument(f"audit key path {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise InvalidArgument(f"audit key file {path} is readable or writable by group or others "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"restrict it with: chmod 600 {path}")
+    try:
+        key = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != DIGEST_KEY_BYTES:
+        raise InvalidArgument(f"audit key file {path} does not hold a base64 32-byte key",
+                              hint="restore it from backup (see docs/security/identity-audit.md, key rotation)")
+    return key
+
+
+def digest_key_for(settings: Any) -> bytes:
+    """The digest key the settings name: FLEET_MCP_AUDIT_KEY when set, else the key file (created)."""
+    secret = getattr(settings, "audit_key", None)
+    if secret is not None:
+        return digest_key_from_secret(secret.get_secret_value())
+    path = getattr(settings, "audit_key_file", None) or Path(settings.data_dir) / "audit.key"
+    return load_or_create_digest_key(path)
+
+
+def arguments_digest(arguments: Mapping[str, Any], *, key: bytes | None = None) -> str:
+    """`hmac-sha256:<hex>`: HMAC-SHA256, under the server's digest key, of the canonical JSON of the exact
+    arguments (secrets included, so a changed secret changes the digest). Keyed, so whoever reads the
+    digest (viewers of the audit log or an approval request) cannot test guesses of a secret against it."""
+    mac = hmac.new(key or _current_key(), canonical_json(_reveal(arguments)).encode(), hashlib.sha256)
+    return DIGEST_SCHEME + mac.hexdigest()
+
+
+def digest_matches(arguments: Mapping[str, Any], stored: str, *, key: bytes | None = None) -> bool:
+    """Whether ARGUMENTS are those a stored digest binds, for either scheme (a digest written before keyed
+    digests is a bare unsalted SHA-256; it is only ever compared, never written again)."""
+    if stored.startswith(DIGEST_SCHEME):
+        return hmac.compare_digest(arguments_digest(arguments, key=key), stored)
+    legacy = hashlib.sha256(canonical_json(_reveal(arguments)).encode()).hexdigest()
+    return hmac.compare_digest(legacy, stored)
+
+
+def short_digest(digest: str, n: int = 16) -> str:
+    """The first N hex characters of a digest, without its scheme (for prompts)."""
+    return digest.removeprefix(DIGEST_SCHEME)[:n]
 
 
 _HASHED = ("seq", "principal", "account", "tool", "args_digest", "arguments", "decision", "outcome", "detail",

@@ -133,3 +133,55 @@ async def test_token_for_unknown_account_is_refused_and_creates_nothing(admin_en
     assert "acmee/" not in run_cli(env, "principal", "list").stdout
     out = run_cli(env, "token", "create", "--account", "acmee", "--name", "t1", "--role", "viewer", check=False)
     assert "does not exist" in out.stderr  # still not created as a side effect
+
+
+# -- keyed digests ---------------------------------------------------------------------------------------------
+async def test_a_dictionary_attack_on_stored_digests_recovers_no_secret(client, app) -> None:  # noqa: ANN001
+    import hashlib
+
+    from fleet_mcp import audit
+
+    secret = "Summer2026!"
+    r = await client.call_tool("system_vault_store_credential", {"name": "db", "kind": "password", "secret": secret})
+    # whatever the policy decided (run, queue), the call left an audit row a viewer can read
+    r = await client.call_tool("system_audit_query", {"tool": "system_vault_store_credential"})
+    entry = r.structured_content["entries"][0]
+    stored = entry["args_digest"]
+    assert entry["arguments"]["secret"] == "***" and secret not in json.dumps(r.structured_content)
+    assert stored.startswith("hmac-sha256:")
+    guesses = ["password", "Winter2025!", "Spring2026!", secret, "Summer2026?", "hunter2"]
+    for guess in guesses:
+        candidate = {"name": "db", "kind": "password", "secret": guess}
+        for args in (candidate, {**candidate, **{k: v for k, v in entry["arguments"].items() if k not in candidate}}):
+            plain = hashlib.sha256(audit.canonical_json(args).encode()).hexdigest()
+            assert plain not in stored, f"the stored digest reveals the secret {guess!r}"
+            assert audit.arguments_digest(args, key=b"k" * 32) != stored
+    # The server itself still binds exactly these arguments.
+    full = {**entry["arguments"], "secret": secret}
+    assert audit.digest_matches(full, stored)
+    assert not audit.digest_matches({**full, "secret": "Summer2026?"}, stored)
+
+
+def test_digest_key_file_is_private_and_stable(tmp_path: Path) -> None:
+    import stat
+
+    from fleet_mcp import audit
+    from fleet_mcp.errors import InvalidArgument
+
+    path = tmp_path / "d" / "audit.key"
+    key = audit.load_or_create_digest_key(path)
+    assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert audit.load_or_create_digest_key(path) == key
+    path.chmod(0o644)
+    with pytest.raises(InvalidArgument, match="chmod 600"):
+        audit.load_or_create_digest_key(path)
+
+
+def test_legacy_digests_still_bind_their_arguments() -> None:
+    import hashlib
+
+    from fleet_mcp import audit
+
+    args = {"name": "web", "force": True}
+    legacy = hashlib.sha256(audit.canonical_json(args).encode()).hexdigest()
+    assert audit.digest_matches(args, legacy) and not audit.digest_matches({**args, "force": False}, legacy)
