@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
-from fleet_mcp.errors import ExternalError, InvalidArgument
+from fleet_mcp.errors import ExternalError, InvalidArgument, RateLimited
+from fleet_mcp.ratelimit import InvalidCallLimiter
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,15 @@ class AuditUnavailable(ExternalError):
     def __init__(self) -> None:
         super().__init__("the audit log could not be written, so the result is withheld",
                          hint="check the server's database and log, then retry the call")
+
+
+class TooManyInvalidCalls(RateLimited):
+    """A principal sent more invalid calls than its budget; the call was neither run nor recorded."""
+
+    def __init__(self, principal: str, retry_after: int) -> None:
+        super().__init__(f"too many invalid calls from {principal}, retry after {retry_after} s",
+                         hint="fix the arguments (see the tool's input schema) before calling again",
+                         retry_after_s=retry_after)
 
 
 def is_secret_key(key: str) -> bool:
@@ -168,7 +178,7 @@ def arguments_digest(arguments: Mapping[str, Any], *, key: bytes | None = None) 
     """`hmac-sha256:<hex>`: HMAC-SHA256, under the server's digest key, of the canonical JSON of the exact
     arguments (secrets included, so a changed secret changes the digest). Keyed, so whoever reads the
     digest (viewers of the audit log or an approval request) cannot test guesses of a secret against it."""
-    mac = hmac.new(key or _current_key(), canonical_json(_reveal(arguments)).encode(), hashlib.sha256)
+    mac = hmac.new(key or _current_key(), canonical_json(_reveal(arguments)).encode("utf-8", "surrogatepass"), hashlib.sha256)
     return DIGEST_SCHEME + mac.hexdigest()
 
 
@@ -177,7 +187,7 @@ def digest_matches(arguments: Mapping[str, Any], stored: str, *, key: bytes | No
     digests is a bare unsalted SHA-256; it is only ever compared, never written again)."""
     if stored.startswith(DIGEST_SCHEME):
         return hmac.compare_digest(arguments_digest(arguments, key=key), stored)
-    legacy = hashlib.sha256(canonical_json(_reveal(arguments)).encode()).hexdigest()
+    legacy = hashlib.sha256(canonical_json(_reveal(arguments)).encode("utf-8", "surrogatepass")).hexdigest()
     return hmac.compare_digest(legacy, stored)
 
 
@@ -209,6 +219,23 @@ async def ensure_head(session: AsyncSession | AsyncConnection) -> None:
     await session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
 
 
+#: The most a row stores of a call's (masked) arguments or detail; larger ones are kept as size and digest.
+MAX_STORED_BYTES = 16 * 1024
+
+
+def _bounded(value: dict[str, Any], what: str) -> dict[str, Any]:
+    """VALUE when its JSON fits in MAX_STORED_BYTES, else a small stand-in: its size, top-level keys (a few,
+    shortened) and the SHA-256 of its (already masked) JSON, so a caller cannot make one row arbitrarily big."""
+    text = canonical_json(value)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size <= MAX_STORED_BYTES:
+        return value
+    keys = [str(k)[:64] for k in list(value)[:20]]
+    return {"_omitted": f"{what} of {size} bytes exceed the {MAX_STORED_BYTES}-byte limit of an audit row",
+            "bytes": size, "keys": keys,
+            "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+
+
 def build_row(
     *,
     principal: str,
@@ -229,10 +256,10 @@ def build_row(
         "account": account,
         "tool": tool,
         "args_digest": arguments_digest(arguments),
-        "arguments": mask(dict(arguments)),
+        "arguments": _bounded(mask(dict(arguments)), "arguments"),
         "decision": decision,
         "outcome": outcome,
-        "detail": mask(dict(detail)) if detail else None,
+        "detail": _bounded(mask(dict(detail)), "detail") if detail else None,
         "approval_id": approval_id,
         "duration_ms": round(float(duration_ms), 3),
     }
@@ -273,17 +300,43 @@ class AuditWriter:
     callers' rows go into one transaction, and each caller returns only once its row is committed.
     A row, once handed over, is written even if its caller is cancelled."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, limiter: InvalidCallLimiter | None = None) -> None:
         self._engine = engine
+        #: Invalid calls (decision "invalid") beyond this per-principal budget are refused with RateLimited
+        #: and not recorded one by one: the first refusal of a streak writes one summary row, and the next
+        #: recorded invalid call says how many were refused in between.
+        self.limiter = limiter if limiter is not None else InvalidCallLimiter()
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, **fields: Any) -> int:
         """Queue one row (keywords of `build_row`), wait until it is committed; returns its seq. Raises
-        AuditUnavailable when the database refused the batch."""
+        AuditUnavailable when the database refused the batch, TooManyInvalidCalls when an invalid call is
+        over its principal's budget (after writing the streak's one summary row)."""
+        if fields.get("decision") == "invalid":
+            fields = await self._limit_invalid(fields)
+        return await self._append_row(build_row(**fields))
+
+    async def _limit_invalid(self, fields: dict[str, Any]) -> dict[str, Any]:
+        principal = str(fields.get("principal", ""))
+        wait = self.limiter.check(principal)
+        if wait is None:
+            refused = self.limiter.take_refused(principal)
+            if refused:
+                fields = {**fields, "detail": {**(fields.get("detail") or {}), "refused_invalid_calls": refused}}
+            return fields
+        if wait.first:
+            await self._append_row(build_row(
+                principal=principal, account=fields.get("account", ""), tool=fields.get("tool", ""), arguments={},
+                decision="invalid", outcome="rate_limited",
+                detail={"reason": "too many invalid calls; further ones are refused and counted, not recorded",
+                        "retry_after_s": wait.seconds}))
+        raise TooManyInvalidCalls(principal, wait.seconds)
+
+    async def _append_row(self, row: dict[str, Any]) -> int:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((build_row(**fields), fut))
+        self._pending.append((row, fut))
         try:
             await self._turn(fut)
             # Usually done by now; else a flush that a cancelled leader left running holds the row.

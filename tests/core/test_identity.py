@@ -185,3 +185,74 @@ def test_legacy_digests_still_bind_their_arguments() -> None:
     args = {"name": "web", "force": True}
     legacy = hashlib.sha256(audit.canonical_json(args).encode()).hexdigest()
     assert audit.digest_matches(args, legacy) and not audit.digest_matches({**args, "force": False}, legacy)
+
+
+# -- bounded audit storage -------------------------------------------------------------------------------------
+class FakeClock:
+    """A fake clock for the rate limiter (time is the one thing a test cannot run for real without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _audit_rows_after(app, seq: int) -> list:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from fleet_mcp.db.models import AuditEntry
+
+    async with app.sessionmaker() as s:
+        return list((await s.execute(select(AuditEntry).where(AuditEntry.seq > seq).order_by(AuditEntry.seq)))
+                    .scalars())
+
+
+async def _last_seq(app) -> int:  # noqa: ANN001
+    rows = await _audit_rows_after(app, 0)
+    return rows[-1].seq if rows else 0
+
+
+async def test_oversized_arguments_are_stored_as_size_and_digest(client, app) -> None:  # noqa: ANN001
+    from fleet_mcp import audit
+
+    start = await _last_seq(app)
+    huge = "x" * 300_000
+    r = await client.call_tool("system_put_template", {"name": "web", "spec": {}, "bogus": huge})
+    assert r.is_error and r.structured_content["status"] == "invalid_arguments"
+    r = await client.call_tool("system_put_template", {"name": "web", "spec": {"note": huge}})
+    (invalid, *_rest) = rows = await _audit_rows_after(app, start)
+    assert len(rows) == 2
+    for row in rows:
+        stored = len(audit.canonical_json(row.arguments)) + len(audit.canonical_json(row.detail or {}))
+        assert stored < 2 * audit.MAX_STORED_BYTES, stored
+        assert row.arguments["bytes"] > 300_000 and "_omitted" in row.arguments
+        assert row.args_digest.startswith("hmac-sha256:")
+    async with app.sessionmaker() as s:
+        assert (await audit.verify(s)).ok
+
+
+async def test_invalid_calls_beyond_the_budget_are_refused_and_summarised(client, app) -> None:  # noqa: ANN001
+    from fleet_mcp.ratelimit import InvalidCallLimiter
+
+    clock = FakeClock()
+    app.audit_writer.limiter = InvalidCallLimiter(burst=3, per_second=0.5, clock=clock)
+    start = await _last_seq(app)
+    results = [await client.call_tool("system_put_template", {"name": "w", "bogus": i}) for i in range(10)]
+    assert all(r.is_error for r in results)
+    assert [r.structured_content["status"] for r in results[:3]] == ["invalid_arguments"] * 3
+    for r in results[3:]:
+        err = r.structured_content["error"]
+        assert err["code"] == "rate_limited" and err["subject"]["retry_after_s"] == 2
+        assert "too many invalid calls from acme/alice, retry after 2 s" in r.content[0].text
+    rows = await _audit_rows_after(app, start)
+    assert [row.outcome for row in rows] == ["invalid_arguments"] * 3 + ["rate_limited"]
+    # A valid call is never limited.
+    r = await client.call_tool("system_put_template", {"name": "ok", "spec": {}})
+    assert not r.is_error, r.content
+    # Once the bucket refills, the next invalid call is recorded with the count of those refused meanwhile.
+    clock.now += 2
+    r = await client.call_tool("system_put_template", {"name": "w", "bogus": 99})
+    assert r.structured_content["status"] == "invalid_arguments"
+    last = (await _audit_rows_after(app, start))[-1]
+    assert last.outcome == "invalid_arguments" and last.detail["refused_invalid_calls"] == 7
