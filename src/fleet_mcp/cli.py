@@ -87,11 +87,11 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
                     await serve_http(app, host=ns.host or settings.host, port=ns.port or settings.port,
                                      read_only=ns.read_only, toolsets=toolsets, stateless=ns.stateless)
             else:
-                from fleet_mcp.server import build_server
+                from fleet_mcp.server import build_server, run_stdio
 
                 server, _ = build_server(app, read_only=ns.read_only, toolsets=toolsets)
                 async with run_scheduler(app, enabled=settings.scheduler):
-                    await server.run_stdio_async()
+                    await run_stdio(server)
         finally:
             remove_sighup()
             await app.close()
