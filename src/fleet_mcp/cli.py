@@ -26,6 +26,85 @@ def _configure_logging(settings: Settings, stderr_only: bool = True) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class DatabaseRefused(Exception):
+    """The configured database cannot be used as it is; the message is one paragraph for the operator."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _db_where(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = settings.effective_database_url
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001
+        return "the configured database"
+    if parsed.get_backend_name() == "sqlite":
+        return str(parsed.database)
+    return parsed.render_as_string(hide_password=True)
+
+
+def _refusal(settings: Settings, problem: str) -> str:
+    return (f"fleet-mcp cannot use the database {_db_where(settings)}: {problem}; nothing was changed. "
+            "Restore it from a backup (then run `fleet-mcp audit verify`), or point FLEET_MCP_DATABASE_URL or "
+            "FLEET_MCP_DATA_DIR elsewhere; to start over with an empty database, move this file away first.")
+
+
+def _check_database_file(settings: Settings) -> None:
+    """Refuse, before anything opens it, a SQLite file that is empty or not SQLite at all: SQLite would
+    silently turn an empty file into a new, empty database (and an empty audit log that verifies)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(settings.effective_database_url)
+    except Exception:  # noqa: BLE001 - reported when the engine is built
+        return
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database)
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DatabaseRefused(_refusal(settings, "it is not a regular file"))
+    with path.open("rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if not header:
+        raise DatabaseRefused(_refusal(settings, "the file is empty (0 bytes), so it was truncated or replaced and "
+                                       "its audit log is gone"))
+    if header != _SQLITE_HEADER:
+        raise DatabaseRefused(_refusal(settings, "the file is not a fleet-mcp database (it is not SQLite), or it "
+                                       "is corrupt"))
+
+
+def _database_error(settings: Settings, exc: BaseException) -> str | None:
+    """One paragraph for a database that fails while in use (corrupt pages, unreachable server), else None."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, BaseExceptionGroup):  # from a task group (serve)
+            for inner in cur.exceptions:
+                if (found := _database_error(settings, inner)) is not None:
+                    return found
+        if isinstance(cur, DBAPIError | sqlite3.DatabaseError):
+            orig = getattr(cur, "orig", None) or cur
+            reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            if isinstance(cur, DBAPIError) and cur.connection_invalidated:
+                return _refusal(settings, f"the connection failed ({reason})")
+            if "malformed" in reason or "not a database" in reason or "corrupt" in reason:
+                return _refusal(settings, f"it is corrupt or not a fleet-mcp database (SQLite: {reason})")
+            return _refusal(settings, f"the database refused a statement ({reason}); it may be corrupt or belong "
+                            "to another program")
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:
     return asyncio.run(coro_fn()) or 0  # type: ignore[arg-type]
 
@@ -33,6 +112,7 @@ def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:
 async def _with_app(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int:
     from fleet_mcp.app import App
 
+    _check_database_file(settings)
     app = App(settings)
     await app.start()
     try:
@@ -70,6 +150,7 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
     if toolsets and (unknown := toolsets - set(TOOLSETS)):
         print(f"unknown toolsets: {', '.join(sorted(unknown))}; known: {', '.join(TOOLSETS)}", file=sys.stderr)
         return 2
+    _check_database_file(settings)
     app = App(settings)
 
     async def main() -> None:
@@ -103,6 +184,7 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
 def cmd_db_upgrade(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp.db import migrate
 
+    _check_database_file(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     migrate.upgrade(settings.effective_database_url)
     print(f"database at head: {migrate.current_heads()[0]}")
@@ -437,8 +519,18 @@ def main(argv: list[str] | None = None) -> int:
     except FleetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except DatabaseRefused as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _database_error(settings, exc)
+        if message is None:
+            raise
+        log.debug("database failure", exc_info=True)
+        print(message, file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -256,3 +256,37 @@ async def test_invalid_calls_beyond_the_budget_are_refused_and_summarised(client
     assert r.structured_content["status"] == "invalid_arguments"
     last = (await _audit_rows_after(app, start))[-1]
     assert last.outcome == "invalid_arguments" and last.detail["refused_invalid_calls"] == 7
+
+
+# -- a damaged database is refused clearly ---------------------------------------------------------------------
+def _damaged(tmp_path: Path, kind: str) -> tuple[dict[str, str], Path]:
+    db = tmp_path / "fleet.db"
+    env = cli_env(tmp_path / "data", f"sqlite+aiosqlite:///{db}", FLEET_MCP_SCHEDULER="false")
+    if kind == "empty":
+        db.write_bytes(b"")
+    elif kind == "garbage":
+        db.write_bytes(b"this is not a database\n" * 300)
+    else:  # a real database whose pages after the header were overwritten
+        run_cli(env, "db", "upgrade")
+        data = bytearray(db.read_bytes())
+        data[4096:] = b"\xa5" * (len(data) - 4096)
+        db.write_bytes(bytes(data))
+    return env, db
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "malformed"])
+@pytest.mark.parametrize("command", [("audit", "verify"), ("token", "list"), ("serve",)])
+def test_a_damaged_database_is_refused_in_one_paragraph(tmp_path: Path, kind: str, command: tuple[str, ...]) -> None:
+    import subprocess
+    import sys
+
+    env, db = _damaged(tmp_path, kind)
+    before = db.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "fleet_mcp", *command], env=env, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode not in (0, None), proc.stdout
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert str(db) in err and "nothing was changed" in err
+    assert ("empty" if kind == "empty" else "not a fleet-mcp database") in err or "corrupt" in err
+    assert db.read_bytes() == before
