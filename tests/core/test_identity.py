@@ -290,3 +290,40 @@ def test_a_damaged_database_is_refused_in_one_paragraph(tmp_path: Path, kind: st
     assert str(db) in err and "nothing was changed" in err
     assert ("empty" if kind == "empty" else "not a fleet-mcp database") in err or "corrupt" in err
     assert db.read_bytes() == before
+
+
+# -- HTTP sessions belong to the principal that opened them ----------------------------------------------------
+def _post_rpc(url: str, token: str, body: dict, session: str | None = None) -> tuple[int, dict[str, str], str]:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2025-11-25"}
+    if session:
+        headers["Mcp-Session-Id"] = session
+    req = urllib.request.Request(url + "/mcp", data=json.dumps(body).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
+
+
+async def test_an_http_session_cannot_be_used_by_another_principal(admin_env) -> None:  # noqa: ANN001
+    env, server = admin_env
+    run_cli(env, "account", "create", "globex")
+    alice = _token(env, "alice-s", "alice", "admin")
+    alice2 = _token(env, "alice-s2", "alice", "viewer")
+    mallory = _token(env, "mallory-s", "mallory", "admin", account="globex")
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    status, headers, _ = _post_rpc(server.url, alice, init)
+    assert status == 200
+    sid = headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    status, _, body = _post_rpc(server.url, mallory, listing, session=sid)
+    assert status == 404, body[:200]
+    assert "session" in body
+    # The principal that opened it may use it (with any of its tokens; each request gets its token's roles).
+    assert _post_rpc(server.url, alice, listing, session=sid)[0] == 200
+    assert _post_rpc(server.url, alice2, listing, session=sid)[0] == 200
