@@ -327,3 +327,24 @@ async def test_an_http_session_cannot_be_used_by_another_principal(admin_env) ->
     # The principal that opened it may use it (with any of its tokens; each request gets its token's roles).
     assert _post_rpc(server.url, alice, listing, session=sid)[0] == 200
     assert _post_rpc(server.url, alice2, listing, session=sid)[0] == 200
+
+
+# -- one hardened YAML reader for policy files and fleet.yaml ---------------------------------------------------
+@pytest.mark.parametrize(("doc", "fleet_says", "policy_says"), [
+    ("version: 1\ntemplates: &a {}\n", "anchors and aliases are not allowed", "anchors are not allowed (&a)"),
+    ("version: 1\ntemplates:\n  <<: {web: {}}\n", "merge keys (<<) are not allowed", "merge keys (<<) are not allowed"),
+    ("version: 1\ntemplates: {}\n---\nversion: 1\n", "more than one YAML document", "expected a single document"),
+    ("version: 1\ntemplates: {}\ntemplates: {}\n", "duplicate key (line 3, first at line 2)",
+     "duplicate key 'templates' (first at line 2)"),
+])
+def test_policy_and_fleet_files_share_one_hardened_reader(doc: str, fleet_says: str, policy_says: str) -> None:
+    from fleet_mcp.gitops.fleetfile import FleetFileError, parse_fleet_file
+    from fleet_mcp.policy.errors import PolicyError
+    from fleet_mcp.policy.yamlsafe import read_yaml
+
+    with pytest.raises(FleetFileError) as fleet:
+        parse_fleet_file(doc)
+    assert fleet_says in str(fleet.value)
+    with pytest.raises(PolicyError) as policy:
+        read_yaml(doc, "p.yaml")
+    assert policy_says in str(policy.value)
