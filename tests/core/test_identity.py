@@ -348,3 +348,34 @@ def test_policy_and_fleet_files_share_one_hardened_reader(doc: str, fleet_says: 
     with pytest.raises(PolicyError) as policy:
         read_yaml(doc, "p.yaml")
     assert policy_says in str(policy.value)
+
+
+async def test_upgrade_gives_each_existing_token_the_roles_it_had(fresh_db_url: str) -> None:
+    """Migration 0002 on a database with tokens: each keeps exactly what it could do before."""
+    import anyio
+    from sqlalchemy import text
+
+    from fleet_mcp.db import migrate
+    from fleet_mcp.db.engine import create_engine
+
+    await anyio.to_thread.run_sync(migrate.upgrade, fresh_db_url, "0001")
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as conn:
+            now = "2026-01-01 00:00:00"
+            await conn.execute(text("INSERT INTO accounts (id, name, transit_key_version, created_at, updated_at) "
+                                    f"VALUES (1, 'acme', 1, '{now}', '{now}')"))
+            for pid, name, roles in ((1, "alice", '["admin", "viewer"]'), (2, "bob", '["viewer"]')):
+                await conn.execute(text(
+                    "INSERT INTO principals (id, account_id, name, roles, disabled, created_at, updated_at) "
+                    f"VALUES ({pid}, 1, '{name}', '{roles}', false, '{now}', '{now}')"))
+                await conn.execute(text(
+                    "INSERT INTO api_tokens (principal_id, label, token_prefix, token_digest, created_at, updated_at) "
+                    f"VALUES ({pid}, '{name}', 'fmcp_x', '{name * 8}', '{now}', '{now}')"))
+        await anyio.to_thread.run_sync(migrate.upgrade, fresh_db_url, "head")
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT label, roles FROM api_tokens ORDER BY label"))).all()
+    finally:
+        await engine.dispose()
+    got = {label: (json.loads(roles) if isinstance(roles, str) else roles) for label, roles in rows}
+    assert got == {"alice": ["admin", "viewer"], "bob": ["viewer"]}
