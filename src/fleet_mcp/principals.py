@@ -78,7 +78,6 @@ async def ensure_principal(session: AsyncSession, account: Account, name: str, r
     roles are never changed here (only `set_principal_roles` changes them, as an audited admin action)."""
     p = await find_principal(session, account, name)
     if p is None:
-        check_name("principal", name)
         p = Principal(account_id=account.id, name=name, roles=_dedupe(roles))
         session.add(p)
         await session.flush()
@@ -171,6 +170,7 @@ async def create_token(
     p = await find_principal(session, acct, name)
     detail: dict[str, Any] = {}
     if p is None:
+        check_name("principal", name)
         p = await ensure_principal(session, acct, name, roles)
         detail["principal_created"] = True
     elif missing := [r for r in roles if r not in p.roles]:
