@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -17,7 +18,7 @@ import stat
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 from sqlalchemy import bindparam, insert, select, update
@@ -27,6 +28,9 @@ from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
 from fleet_mcp.errors import ExternalError, InvalidArgument, RateLimited
 from fleet_mcp.ratelimit import InvalidCallLimiter
+
+if TYPE_CHECKING:
+    from fleet_mcp.db.uow import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +304,10 @@ class AuditWriter:
     callers' rows go into one transaction, and each caller returns only once its row is committed.
     A row, once handed over, is written even if its caller is cancelled."""
 
-    def __init__(self, engine: AsyncEngine, limiter: InvalidCallLimiter | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, write_lock: WriteLock | None = None,
+                 limiter: InvalidCallLimiter | None = None) -> None:
         self._engine = engine
+        self._write_lock = write_lock
         #: Invalid calls (decision "invalid") beyond this per-principal budget are refused with RateLimited
         #: and not recorded one by one: the first refusal of a streak writes one summary row, and the next
         #: recorded invalid call says how many were refused in between.
@@ -366,7 +372,10 @@ class AuditWriter:
         if not batch:
             return
         try:
-            async with self._engine.begin() as conn:
+            async with contextlib.AsyncExitStack() as stack:
+                if self._write_lock is not None:  # a unit of work of its own, in its own task
+                    await stack.enter_async_context(self._write_lock.hold())
+                conn = await stack.enter_async_context(self._engine.begin())
                 last = await append_rows(conn, [row for row, _ in batch])
         except Exception:
             log.exception("could not append %d audit row(s); their calls report the audit as unavailable",

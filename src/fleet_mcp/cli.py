@@ -116,19 +116,21 @@ async def _with_app(settings: Settings, fn: Callable[[Any], Awaitable[int | None
     app = App(settings)
     await app.start()
     try:
-        return await fn(app) or 0
+        code = await fn(app) or 0
+        # Work a committed call launched (a rotation an approval started) runs to its end before we exit.
+        await app.drain()
+        return code
     finally:
         await app.close()
 
 
 async def _call_tool(app: Any, name: str, arguments: dict[str, Any], progress: Any = None) -> Any:
     """Call a tool in-process through the same gate as MCP, as the configured local principal."""
-    from fleet_mcp.gate import Gate
     from fleet_mcp.registry import load_tools
 
     spec = load_tools()[name]
     assert app.stdio_caller is not None
-    return await Gate(app).call(spec, app.stdio_caller, arguments, progress=progress)
+    return await app.gate.call(spec, app.stdio_caller, arguments, progress=progress)
 
 
 def _print_outcome(outcome: Any) -> int:
@@ -209,7 +211,8 @@ def cmd_account_create(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
-        async with app.sessionmaker() as session, session.begin():
+        async with app.unit_of_work() as uow:
+            session = uow.session
             acct = await principals.create_account_audited(session, ns.name, ns.federation_domain,
                                                            actor=_actor(settings))
         print(f"account {acct.name} created (federation domain {acct.federation_domain})")
@@ -222,7 +225,8 @@ def cmd_token_create(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
-        async with app.sessionmaker() as session, session.begin():
+        async with app.unit_of_work() as uow:
+            session = uow.session
             token = await principals.create_token(session, account=ns.account, label=ns.name, roles=ns.role,
                                                   principal=ns.principal, actor=_actor(settings),
                                                   known_roles=app.policy.current.role_table())
@@ -252,7 +256,8 @@ def cmd_token_revoke(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
-        async with app.sessionmaker() as session, session.begin():
+        async with app.unit_of_work() as uow:
+            session = uow.session
             await principals.revoke_token(session, ns.label, actor=_actor(settings))
         print(f"token {ns.label} revoked")
         return 0
@@ -264,7 +269,8 @@ def cmd_principal_set_roles(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
-        async with app.sessionmaker() as session, session.begin():
+        async with app.unit_of_work() as uow:
+            session = uow.session
             before, after = await principals.set_principal_roles(
                 session, ns.principal, ns.role, known_roles=app.policy.current.role_table(), actor=_actor(settings))
         print(f"principal {ns.principal}: roles {', '.join(before) or '(none)'} -> {', '.join(after)}; "
