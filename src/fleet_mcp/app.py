@@ -107,6 +107,8 @@ class App:
         s = self.settings
         url = s.effective_database_url
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
+        # Keyed argument digests (identity/audit helper): one key per deployment, before any call.
+        audit.set_digest_key(await anyio.to_thread.run_sync(audit.digest_key_for, s))
         self.engine = create_engine(url, write_lock=self.write_lock)
         self.sessionmaker = make_sessionmaker(self.engine)
         self._read_engine = create_engine(url, readonly=True)

@@ -256,7 +256,7 @@ class Gate:
             f"Approve {spec.name} ({spec.title})?",
             f"Policy rule: {verdict.rule}.",
             f"Arguments: {json.dumps(masked, sort_keys=True, default=str)}",
-            f"Arguments digest: {audit.arguments_digest(args.model_dump(mode='python'))[:16]}",
+            f"Arguments digest: {audit.short_digest(audit.arguments_digest(args.model_dump(mode='python')))}",
         ]
         if summary:
             lines.append(f"Effect: {summary}")
@@ -542,7 +542,7 @@ class Gate:
             return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
         reason = ""
         verdict = self.evaluate(spec, requester, args, can_elicit=False)
-        if audit.arguments_digest(args.model_dump(mode="python")) != req.args_digest:
+        if not audit.digest_matches(args.model_dump(mode="python"), req.args_digest):
             reason = "the stored arguments do not match the approved digest"
         elif verdict.action == "deny":
             reason = (f"the requester no longer has permission {verdict.permission}" if verdict.permission

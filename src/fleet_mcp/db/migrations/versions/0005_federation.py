@@ -16,7 +16,7 @@ from alembic import op
 import fleet_mcp.db.base
 
 revision = '0005'
-down_revision = '0001'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
