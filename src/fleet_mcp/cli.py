@@ -202,6 +202,10 @@ def cmd_approvals(settings: Settings, ns: argparse.Namespace) -> int:
             return _print_outcome(outcome)
         if ns.action == "show":
             return _print_outcome(await _call_tool(app, "system_approvals_get", {"approval_id": ns.id}))
+        if ns.action == "cancel":
+            reason = ns.reason or "withdrawn from the command line"
+            return _print_outcome(await _call_tool(app, "system_approvals_cancel",
+                                                   {"approval_id": ns.id, "reason": reason}))
         decision = "approve" if ns.action == "approve" else "reject"
         reason = ns.reason or f"{decision}d from the command line"
         return _print_outcome(await _call_tool(app, "system_approvals_decide",
@@ -339,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap_sub = ap.add_subparsers(dest="action", required=True)
     al = ap_sub.add_parser("list")
     al.add_argument("--status", default=None)
-    for action in ("show", "approve", "reject"):
+    for action in ("show", "approve", "reject", "cancel"):
         a = ap_sub.add_parser(action)
         a.add_argument("id")
         if action != "show":

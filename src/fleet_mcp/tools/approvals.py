@@ -91,3 +91,25 @@ async def approvals_decide(ctx: ToolContext, args: DecideArgs) -> DecideOut:
                                          decider=ctx.principal, decision=args.decision, reason=args.reason)
     return DecideOut(approval=ApprovalOut(**approvals.to_dict(req)), executed=req.status in ("executed", "failed"),
                      result=result)
+
+
+class CancelArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approval_id: str = Field(description="Approval request id (apr_…) you requested.", min_length=4, max_length=40)
+    reason: str = Field(description="Why it is withdrawn; recorded on the request and in the audit log.",
+                        min_length=1, max_length=2000)
+
+
+class CancelOut(BaseModel):
+    approval: ApprovalOut
+
+
+@tool(name="system_approvals_cancel", title="Withdraw an approval request", permission="system.approvals.read",
+      toolset="approvals")
+async def approvals_cancel(ctx: ToolContext, args: CancelArgs) -> CancelOut:
+    """Withdraw a pending approval request you made yourself: it becomes cancelled and never runs.
+
+    Only the requester can withdraw a request (an approver rejects instead); decided, expired or executed
+    requests cannot be withdrawn."""
+    req = await approvals.cancel(ctx.session, approval_id=args.approval_id, caller=ctx.principal, reason=args.reason)
+    return CancelOut(approval=ApprovalOut(**approvals.to_dict(req)))
