@@ -100,6 +100,22 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.app import App
+    from fleet_mcp.console.launch import run_console
+
+    app = App(settings)
+
+    async def main() -> None:
+        try:
+            await run_console(app, host=ns.host, port=ns.port or settings.port)
+        finally:
+            await app.close()
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_db_upgrade(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp.db import migrate
 
@@ -304,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--toolsets", default=None, help="comma list: fleet,gitops,federation,vault,approvals,audit")
     s.add_argument("--stateless", action="store_true", help="stateless HTTP (no elicitation; approvals queue)")
     s.set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("console", help="serve the operator console on loopback and print a one-time login link")
+    c.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=None, help="port (default 8765)")
+    c.set_defaults(fn=cmd_console)
 
     d = sub.add_parser("demo", help="run the main job end to end on embedded defaults in a temp data dir")
     d.add_argument("--keep", action="store_true", help="keep the temp data dir")
