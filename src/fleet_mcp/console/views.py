@@ -89,6 +89,8 @@ def result_view(spec: ToolSpec, outcome: CallOutcome) -> dict[str, Any]:
     if outcome.ok and "acceptance_token" in data:
         shown["token"] = data["acceptance_token"]
         shown["token_expires_at"] = data.get("acceptance_token_expires_at")
+    if outcome.ok and isinstance(data.get("directions"), list):
+        shown["handshake"] = data
     if data.get("status") == "approval_required":
         shown["approval_id"] = data.get("approval_id")
     job_id = _job_id(data) or _job_id(data.get("result")) or _job_id((data.get("approval") or {}).get("result"))
@@ -215,7 +217,8 @@ async def peer(calls: Calls, fid: int) -> dict[str, Any]:
     return {"peer": p, "other": other,
             "may_accept": p["status"] == "proposed" and p["remote_account"] == me
             and calls.may("system_sdwan_accept_federation_peer"),
-            "may_handshake": manage and p["status"] in ("accepted", "active"),
+            # Suspended and revoked peers are checked too: their handshake is expected to fail.
+            "may_handshake": manage and p["status"] != "proposed",
             "may_suspend": "suspended" in t and calls.may("system_sdwan_suspend_federation_peer"),
             "may_resume": p["status"] == "suspended" and calls.may("system_sdwan_resume_federation_peer"),
             "may_revoke": "revoked" in t and calls.may("system_sdwan_revoke_federation_peer")}
