@@ -34,10 +34,12 @@ def test_sync_review_queue_approve_apply(fleet, people, tmp_path) -> None:  # no
     expect(page.locator("a.proposal-link")).to_have_count(7)
 
     # The diff of one proposal: per field, old → new.
-    page.click("tr:has-text('template') a.proposal-link >> nth=0")
-    expect(page.locator("h1")).to_contain_text("create template")
+    page.locator("tr").filter(has_text="template").filter(has=page.locator("code:text-is('web')")) \
+        .locator("a.proposal-link").click()
+    expect(page.locator("h1")).to_contain_text("create template web")
     diff = page.locator("table[aria-label='Field changes']")
-    expect(diff).to_contain_text("description")
+    expect(diff.locator("tr.field")).to_have_count(3)
+    expect(diff).to_contain_text("metadata.team")
     expect(diff.locator("td.old").first).to_contain_text("(absent)")
     olga.shot("console-proposal-diff.png")
     page.click("text=Collapse all")

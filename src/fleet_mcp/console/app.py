@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from importlib import resources
@@ -56,13 +57,14 @@ PRE_COOKIE = "fleet_console_login"
 _INVISIBLE = {c: f"[U+{c:04X}]" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F,
                                           0x061C, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF)}
 _INVISIBLE.update({c: f"[U+{c:04X}]" for c in range(0x00, 0x20) if c not in (0x09, 0x0A, 0x0D)})
+_HAS_INVISIBLE = re.compile("[" + "".join(re.escape(chr(c)) for c in _INVISIBLE) + "]")
 
 
 def inert(value: Any) -> Any:
     """Jinja's finalize: every printed string shows its direction and control characters as markers
     (autoescaping then makes it HTML-inert)."""
-    if isinstance(value, str) and not isinstance(value, Markup):  # Markup: a macro's output, escaped already
-        return value.translate(_INVISIBLE)
+    if isinstance(value, str) and not isinstance(value, Markup) and _HAS_INVISIBLE.search(value):
+        return value.translate(_INVISIBLE)  # (Markup is a macro's output, escaped already)
     return value
 
 

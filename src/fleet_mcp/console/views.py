@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import TYPE_CHECKING, Any
 
 from fleet_mcp.registry import ToolSpec
@@ -18,16 +19,19 @@ LARGE = 160  # characters of a value shown before "show all"
 SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
 
 
-def _parse(value: Any) -> dt.datetime | None:
-    if isinstance(value, dt.datetime):
-        return value
-    if not value:
-        return None
+@functools.lru_cache(maxsize=4096)
+def _parse_text(value: str) -> dt.datetime | None:
     try:
-        out = dt.datetime.fromisoformat(str(value))
+        out = dt.datetime.fromisoformat(value)
     except ValueError:
         return None
     return out if out.tzinfo else out.replace(tzinfo=dt.UTC)
+
+
+def _parse(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value
+    return _parse_text(str(value)) if value else None
 
 
 def when(value: Any) -> str:
