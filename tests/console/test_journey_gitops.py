@@ -72,6 +72,9 @@ def test_sync_review_queue_approve_apply(fleet, people, tmp_path) -> None:  # no
     brow.locator("button:has-text('Approve')").click()
     expect(ben.page.locator("#outcome")).to_contain_text("ran")
     expect(ben.page.locator("details pre")).to_contain_text('"executed": true')
+    changes = ben.page.locator("table[aria-label='Per-change result'] tbody tr")
+    expect(changes).to_have_count(7)
+    expect(changes.filter(has_text="applied")).to_have_count(7)
 
     # Live state changed: every proposal applied, and git and live agree.
     olga.go("/gitops/runs/1")
