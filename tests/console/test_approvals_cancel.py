@@ -51,11 +51,11 @@ async def test_requester_withdraws_and_nothing_runs(app) -> None:  # noqa: ANN00
                                                         ("acme/olga", "error")]
 
 
-def test_cli_cancel_verb(tmp_path, fresh_db_url) -> None:  # noqa: ANN001
+def test_cli_cancel_verb(tmp_path) -> None:  # noqa: ANN001
     import json
     import re
 
-    env = cli_env(tmp_path / "data", fresh_db_url, FLEET_MCP_ACCOUNT="acme", FLEET_MCP_PRINCIPAL="adam",
+    env = cli_env(tmp_path / "data", f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", FLEET_MCP_ACCOUNT="acme", FLEET_MCP_PRINCIPAL="adam",
                   FLEET_MCP_ROLES="admin")
     queued = run_cli(env, "rotate-pepper", check=False)
     assert queued.returncode == 1, queued.stderr
