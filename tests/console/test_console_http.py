@@ -125,3 +125,26 @@ def test_vendored_htmx_matches_its_recorded_checksum() -> None:
     static = Path(__file__).resolve().parents[2] / "src" / "fleet_mcp" / "console" / "static"
     recorded = re.search(r"sha256 ([0-9a-f]{64})", (static / "HTMX_VERSION").read_text()).group(1)
     assert hashlib.sha256((static / "htmx.min.js").read_bytes()).hexdigest() == recorded
+
+
+async def test_proposal_page_marks_stale_when_live_state_moved(app, ui, tmp_path) -> None:  # noqa: ANN001
+    from tests.conftest import call_as
+    from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
+
+    olga = await make_caller(app, "acme", "olga", ("operator",))
+    repo = FleetRepo(tmp_path / "repo")
+    repo.commit({"fleet.yaml": BASE_FLEET})
+    reg = await call_as(app, olga, "system_gitops_register_repository", {"name": "fleet", "repo_url": repo.url})
+    run = await call_as(app, olga, "system_gitops_sync_repository", {"repository_id": reg.data["repository"]["id"]})
+    proposals = (await call_as(app, olga, "system_gitops_list_proposals", {})).data["proposals"]
+    web = next(p for p in proposals if p["kind"] == "template" and p["name"] == "web")
+    db = next(p for p in proposals if p["kind"] == "template" and p["name"] == "db")
+    assert run.ok
+    fresh = await ui.get(f"/ui/gitops/proposals/{web['id']}")
+    assert fresh.status_code == 200 and 'id="stale-badge"' not in fresh.text
+    moved = await call_as(app, olga, "system_put_template", {"name": "web", "spec": {"description": "by hand"}})
+    assert moved.ok, moved.message
+    stale = await ui.get(f"/ui/gitops/proposals/{web['id']}")
+    assert 'id="stale-badge"' in stale.text and "live state moved" in stale.text
+    untouched = await ui.get(f"/ui/gitops/proposals/{db['id']}")
+    assert 'id="stale-badge"' not in untouched.text
