@@ -236,7 +236,8 @@ async def vault(calls: Calls) -> dict[str, Any]:
                                                                        key=lambda kv: int(kv[0]))]
     return {"status": status, "bars": bars, "credentials": creds, "job": status.get("active_job"),
             "may_rotate": calls.may("system_rotate_vault_transit_pepper"),
-            "may_finalize": calls.may("system_vault_finalize_pepper_rotation")}
+            "may_finalize": calls.may("system_vault_finalize_pepper_rotation"),
+            "may_trim": calls.may("system_vault_trim_pepper_key")}
 
 
 def job_numbers(job: dict[str, Any]) -> dict[str, Any]:
