@@ -148,3 +148,48 @@ async def test_proposal_page_marks_stale_when_live_state_moved(app, ui, tmp_path
     assert 'id="stale-badge"' in stale.text and "live state moved" in stale.text
     untouched = await ui.get(f"/ui/gitops/proposals/{db['id']}")
     assert 'id="stale-badge"' not in untouched.text
+
+
+async def test_inbox_pages_fifty_at_a_time(app, ui) -> None:  # noqa: ANN001
+    from tests.conftest import call_as
+
+    adam = await make_caller(app, "acme", "adam", ("admin",))
+    for _ in range(60):
+        out = await call_as(app, adam, "system_rotate_vault_transit_pepper", {})
+        assert out.data["status"] == "approval_required", out.message
+    first = await ui.get("/ui/")
+    assert first.text.count('id="row-apr_') == 50 and "page 1 of 2" in first.text
+    second = await ui.get("/ui/?page=2")
+    assert second.text.count('id="row-apr_') == 10 and "page 2 of 2" in second.text
+    # olga (operator) may neither approve nor withdraw someone else's request
+    assert "Approve</button>" not in first.text and "Withdraw</button>" not in first.text
+    fragment = await ui.get("/ui/inbox/fragment?page=2")
+    assert fragment.text.startswith('<div id="inbox"') and fragment.text.count('id="row-apr_') == 10
+
+
+async def test_suppress_from_the_drift_page_and_events(app, ui, tmp_path) -> None:  # noqa: ANN001
+    from tests.conftest import call_as
+    from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
+
+    olga = await make_caller(app, "acme", "olga", ("operator",))
+    repo = FleetRepo(tmp_path / "repo")
+    repo.commit({"fleet.yaml": BASE_FLEET})
+    rid = (await call_as(app, olga, "system_gitops_register_repository",
+                         {"name": "fleet", "repo_url": repo.url})).data["repository"]["id"]
+    run = (await call_as(app, olga, "system_gitops_sync_repository", {"repository_id": rid})).data["sync_run"]
+    applied = await call_as(app, olga, "system_gitops_apply_sync_run", {"sync_run_id": run["id"]},
+                            can_elicit=True, elicited="accept")
+    assert applied.ok, applied.message
+    await call_as(app, olga, "system_put_template", {"name": "web", "spec": {"description": "by hand"}})
+    drift = await ui.get(f"/ui/gitops/repositories/{rid}/drift")
+    assert drift.status_code == 200 and "resources differ from git" in drift.text
+    r = await ui.post("/ui/call/system_gitops_suppress_drift", data={
+        "csrf": ui.csrf, "kind": "template", "name": "web", "reason": "hand-tuned during the incident",
+        "until": "", "_next": f"/ui/gitops/repositories/{rid}/drift"})
+    assert r.status_code == 200 and "ran." in r.text, r.text
+    after = await ui.get(f"/ui/gitops/repositories/{rid}/drift")
+    assert "Suppressed" in after.text and "hand-tuned during the incident" in after.text
+    events = await ui.get("/ui/events")
+    assert "gitops.drift_suppressed" in events.text
+    only = await ui.get("/ui/events?kind=gitops.drift_suppressed")
+    assert only.text.count("<code>gitops.drift_suppressed</code>") == 1

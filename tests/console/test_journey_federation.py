@@ -56,6 +56,20 @@ def test_propose_copy_accept_handshake_revoke(fleet, people) -> None:  # noqa: A
     expect(beta.page.locator("#peer-status")).to_have_text("active")
     beta.shot("console-federation-peer.png")
 
+    # Suspend and resume (each confirmed), then the handshake makes it active again.
+    beta.page.locator("form:has(button:has-text('Suspend')) input[name=reason]").fill("maintenance window")
+    beta.page.click("button:has-text('Suspend')")
+    _confirm(beta.page)
+    beta.page.click("#continue")
+    expect(beta.page.locator("#peer-status")).to_have_text("suspended")
+    beta.page.locator("form:has(button:has-text('Resume')) input[name=reason]").fill("maintenance over")
+    beta.page.click("button:has-text('Resume')")
+    _confirm(beta.page)
+    beta.page.click("#continue")
+    expect(beta.page.locator("#peer-status")).to_have_text("accepted")
+    beta.page.click("button:has-text('Check handshake')")
+    expect(beta.page.locator("#handshake")).to_have_text("Handshake succeeded")
+
     # alpha revokes: a wrong typed name is refused and nothing runs; the right one asks for confirmation.
     alpha.go("/federation")
     alpha.page.click("a.peer-link")
