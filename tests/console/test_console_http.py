@@ -112,6 +112,8 @@ async def test_sessions_are_stored_as_digests_and_sign_out_deletes_them(app, ui)
     ui.cookies.set("fleet_console", secret, domain=HOST.split(":")[0], path="/ui/")
     r = await ui.get("/ui/")
     assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+    live = await ui.get("/ui/inbox/fragment", headers={"HX-Request": "true"})
+    assert live.headers["hx-redirect"] == "/ui/login" and live.text == ""
 
 
 async def test_unknown_token_cannot_sign_in(app, ui) -> None:  # noqa: ANN001

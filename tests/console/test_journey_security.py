@@ -97,10 +97,12 @@ def test_viewer_forgery_csrf_hostile_names_and_revocation(fleet, people, tmp_pat
     olga.go("/audit?principal=acme/olga&tool=system_gitops_sync_repository")
     expect(olga.page.locator("tr.audit-row")).to_have_count(runs_before)
 
-    # Revoking the viewer's token ends the session at the next request.
+    # Revoking the viewer's token ends the session at the next request: the open inbox's own live refresh
+    # lands on the sign-in page, without a reload.
+    vic.go("/")
+    expect(vic.page.locator("h1")).to_have_text("Inbox")
     fleet.revoke("vic")
-    vic.page.reload()
-    expect(vic.page.locator("h1")).to_have_text("Sign in to the fleet-mcp console")
+    expect(vic.page.locator("h1")).to_have_text("Sign in to the fleet-mcp console", timeout=30_000)
 
     # Signing out ends the session on the server: the old cookie no longer works.
     olga.go("/")

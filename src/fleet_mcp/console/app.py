@@ -165,8 +165,12 @@ class Console:
         """A signed-in principal, or the response to send instead (sign-in page, CSRF refusal)."""
         who = await self.signed_in(request)
         if who is None:
+            login = f"{PREFIX}/login?" + urlencode({"next": request.url.path})
+            if request.headers.get("hx-request"):
+                # A live refresh must not swap the sign-in page into a fragment: htmx navigates instead.
+                return None, Response(status_code=200, headers={"HX-Redirect": f"{PREFIX}/login"})
             if request.method == "GET":
-                return None, RedirectResponse(f"{PREFIX}/login?" + urlencode({"next": request.url.path}), 303)
+                return None, RedirectResponse(login, 303)
             resp = self.render("login.html", 401, error="Your session ended (signed out, expired, or its token "
                                "was revoked). Sign in again.", login_csrf="", next=f"{PREFIX}/")
             resp.delete_cookie(COOKIE, path=PREFIX + "/")
