@@ -370,9 +370,9 @@ class Console:
         else:
             return self.page(request, who, "error.html", 400, title="Unknown answer",
                              message="Answer accept, queue or decline; nothing was run.", next=nxt)
-        status = 200 if outcome.ok else {"denied": 403, "invalid_arguments": 400}.get(
-            str(outcome.data.get("status")), 200 if outcome.data.get("status") in ("approval_required", "declined")
-            else 409)
+        said = outcome.data.get("status") if isinstance(outcome.data, dict) else None
+        status = 200 if outcome.ok or said in ("approval_required", "declined") else \
+            {"denied": 403, "invalid_arguments": 400}.get(str(said), 409)
         return self.page(request, who, "result.html", status, spec=spec, outcome=outcome, next=nxt,
                          shown=views.result_view(spec, outcome))
 
@@ -387,8 +387,7 @@ class Console:
                             form: Any, nxt: str) -> Response:
         summary = await self.gate.summary(spec, who.caller, parsed)
         message = self.gate.elicitation_message(spec, parsed, verdict, summary)
-        hidden = [(k, v) for k, v in form.multi_items() if not k.startswith("_") and k != "csrf"]
-        hidden += [(k, v) for k, v in form.multi_items() if k == "_typed"]
+        hidden = [(k, v) for k, v in form.multi_items() if k in spec.input_model.model_fields]
         return self.page(request, who, "confirm.html", spec=spec, verdict=verdict, summary=summary, message=message,
                          masked=audit.mask(parsed.model_dump(mode="python")),
                          digest=audit.arguments_digest(parsed.model_dump(mode="python")),
