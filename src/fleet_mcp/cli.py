@@ -191,6 +191,22 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.app import App
+    from fleet_mcp.console.launch import run_console
+
+    app = App(settings)
+
+    async def main() -> None:
+        try:
+            await run_console(app, host=ns.host, port=ns.port or settings.port)
+        finally:
+            await app.close()
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_db_upgrade(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp.db import migrate
 
@@ -343,6 +359,10 @@ def cmd_approvals(settings: Settings, ns: argparse.Namespace) -> int:
             return _print_outcome(outcome)
         if ns.action == "show":
             return _print_outcome(await _call_tool(app, "system_approvals_get", {"approval_id": ns.id}))
+        if ns.action == "cancel":
+            reason = ns.reason or "withdrawn from the command line"
+            return _print_outcome(await _call_tool(app, "system_approvals_cancel",
+                                                   {"approval_id": ns.id, "reason": reason}))
         decision = "approve" if ns.action == "approve" else "reject"
         reason = ns.reason or f"{decision}d from the command line"
         return _print_outcome(await _call_tool(app, "system_approvals_decide",
@@ -444,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the federation endpoint (TLS, instance CA) for peers on other instances")
     s.set_defaults(fn=cmd_serve)
 
+    c = sub.add_parser("console", help="serve the operator console on loopback and print a one-time login link")
+    c.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=None, help="port (default 8765)")
+    c.set_defaults(fn=cmd_console)
+
     d = sub.add_parser("demo", help="run the main job end to end on embedded defaults in a temp data dir")
     d.add_argument("--keep", action="store_true", help="keep the temp data dir")
     d.set_defaults(fn=cmd_demo)
@@ -491,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap_sub = ap.add_subparsers(dest="action", required=True)
     al = ap_sub.add_parser("list")
     al.add_argument("--status", default=None)
-    for action in ("show", "approve", "reject"):
+    for action in ("show", "approve", "reject", "cancel"):
         a = ap_sub.add_parser(action)
         a.add_argument("id")
         if action != "show":

@@ -1,4 +1,5 @@
-"""Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp and /healthz."""
+"""Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp, /healthz and the
+console at /ui/."""
 
 from __future__ import annotations
 
@@ -156,7 +157,10 @@ def build_http_app(
         streamable_http_path="/mcp", stateless_http=stateless, json_response=json_response,
         transport_security=security_settings(fleet, host, port), host=host,
     )
-    return BearerAuth(mcp_app, fleet)
+    from fleet_mcp.console.app import WithConsole, build_console
+
+    hosts = set(security_settings(fleet, host, port).allowed_hosts)
+    return WithConsole(BearerAuth(mcp_app, fleet), build_console(fleet, _gate, hosts))
 
 
 async def serve_http(fleet: App, *, host: str, port: int, **kwargs: Any) -> None:

@@ -227,7 +227,11 @@ _BY_TOKEN = (
 
 async def authenticate(session: AsyncSession, token: str) -> Caller:
     """Resolve a bearer token; raises Unauthenticated (unknown) or RevokedToken (revoked/disabled)."""
-    digest = token_digest(token)
+    return await authenticate_digest(session, token_digest(token))
+
+
+async def authenticate_digest(session: AsyncSession, digest: str) -> Caller:
+    """Resolve a token by its digest (a console session keeps only the digest); same errors as authenticate."""
     row = (await session.execute(_BY_TOKEN, {"digest": digest})).first()
     if row is None or not hmac.compare_digest(row[0], digest):
         raise Unauthenticated("unknown bearer token", hint="create one with `fleet-mcp token create`")

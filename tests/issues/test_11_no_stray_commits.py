@@ -91,6 +91,8 @@ STEPS: list[Step] = [
     ("adam", "system_approvals_decide",
      lambda s: {"approval_id": s["approval_id"], "decision": "approve", "reason": "fine"}),
     ("alice", "system_approvals_collect_result", lambda s: {"approval_id": s["approval_id"]}),
+    ("alice", "system_sdwan_issue_node_certificate", lambda s: {"node_name": "edge-2"}),  # queued, then withdrawn
+    ("alice", "system_approvals_cancel", lambda s: {"approval_id": s["approval_id"], "reason": "not needed"}),
     ("alice", "system_sdwan_get_trust_bundle", lambda s: {}),
     ("alice", "system_sdwan_propose_federation_peer", lambda s: {"remote_account": "globex"}),
     ("alice", "system_sdwan_regenerate_acceptance_token", lambda s: {"federation_peer_id": s["peer_id"]}),
