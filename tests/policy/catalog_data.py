@@ -109,6 +109,7 @@ ROWS: tuple[Row, ...] = (
     Row("system_approvals_decide", "approvals", "system.approvals.decide", "",
         ("approval_id", "decision", "reason"), A),
     Row("system_approvals_cancel", "approvals", "system.approvals.read", "", ("approval_id", "reason"), A),
+    Row("system_approvals_collect_result", "approvals", "system.approvals.read", "", ("approval_id",), A),
     Row("system_audit_query", "audit", "system.audit.read", "RO",
         ("tool", "principal", "since", "limit", "approval_id"), A),
     Row("system_audit_verify", "audit", "system.audit.read", "RO", (), A),
