@@ -17,6 +17,7 @@ from fleet_mcp.vault.models import TransitKeyVersion
 from fleet_mcp.vault.transit import build_transit, load_or_create_master_key
 from fleet_mcp.vault.transit.local import LocalTransit
 from fleet_mcp.vault.transit.vault import VaultTransit
+from tests.vault.vault_helpers import rotate_key, set_min
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +79,7 @@ async def test_build_transit_from_settings(tmp_path: Path, sessionmaker) -> None
 
 
 async def test_key_versions_are_stored_wrapped(sessionmaker, local_transit: LocalTransit) -> None:
-    await local_transit.rotate()
+    await rotate_key(local_transit)
     async with sessionmaker() as s:
         rows = (await s.execute(select(TransitKeyVersion).order_by(TransitKeyVersion.version))).scalars().all()
     assert [r.version for r in rows] == [1, 2]
@@ -101,11 +102,11 @@ async def test_processes_sharing_the_database_agree(sessionmaker, master_key: by
     await a.ensure_key()
     await b.ensure_key()
     old = await b.encrypt(b"old")  # b caches version 1
-    assert await a.rotate() == 2
+    assert await rotate_key(a) == 2
     fresh = await b.encrypt(b"fresh")
     assert fresh.startswith("vault:v2:")  # b did not keep encrypting with its cached latest
     assert await b.decrypt(await a.encrypt(b"from-a")) == b"from-a"
-    await a.set_min_versions(min_decryption=2)
+    await set_min(a, min_decryption=2)
     [res] = await b.decrypt_batch([old])
     assert not isinstance(res, bytes) and res.too_old  # b enforces a's policy change at once
     await a.close()

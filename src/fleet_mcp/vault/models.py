@@ -89,7 +89,11 @@ class RotationJob(Base):
     reencrypt_existing: Mapped[bool] = mapped_column(default=True)
     batch_size: Mapped[int] = mapped_column(default=250)
     from_version: Mapped[int]
-    #: Set once the key has been rotated; rows below it are rewrapped.
+    #: The intent, recorded before anything is rotated: the key version this job rotates the key to
+    #: (from_version + 1). A (re)started job whose key already reached it adopts that version instead of
+    #: rotating again, so a key is rotated at most once per job whatever crashes in between.
+    target_version: Mapped[int | None]
+    #: Set once the key has been rotated (or the rotation adopted); rows below it are rewrapped.
     to_version: Mapped[int | None]
     total: Mapped[int] = mapped_column(default=0)
     rewrapped: Mapped[int] = mapped_column(default=0)
