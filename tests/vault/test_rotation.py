@@ -12,7 +12,7 @@ from fleet_mcp import audit
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry
 from fleet_mcp.errors import Busy, Conflict, InvalidArgument
-from fleet_mcp.vault import rotation
+from fleet_mcp.vault import lease, rotation
 from fleet_mcp.vault.credentials import CredentialStore
 from fleet_mcp.vault.models import Credential, RotationFailure, RotationJob
 from fleet_mcp.vault.rotation import RotationEngine
@@ -199,8 +199,8 @@ async def test_running_job_of_a_live_process_is_not_taken_over(sessionmaker, loc
 
     engine = RotationEngine(sessionmaker, local_transit)
     job = await engine.start(started_by="x", run=False)
-    live_owner = f"{rotation._HOST}:{os.getppid()}:feedface"
-    dead_owner = f"{rotation._HOST}:999999999:feedface"
+    live_owner = f"{lease._HOST}:{os.getppid()}:feedface"
+    dead_owner = f"{lease._HOST}:999999999:feedface"
     async with sessionmaker() as s, s.begin():
         await s.execute(
             update(RotationJob)
