@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import anyio
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -111,3 +112,57 @@ async def test_processes_sharing_the_database_agree(sessionmaker, master_key: by
     assert not isinstance(res, bytes) and res.too_old  # b enforces a's policy change at once
     await a.close()
     await b.close()
+
+
+async def test_missing_master_key_is_refused_while_a_keyring_exists(engine, settings: Settings) -> None:  # noqa: ANN001
+    """A deleted master key file must not be silently replaced: the new key could unwrap nothing."""
+    from fleet_mcp.app import App
+
+    first = App(settings)
+    await first.start(migrate_db=False)
+    assert (await first.transit.read_key()).latest_version == 1
+    await first.close()
+    key_file = settings.effective_master_key_file
+    key_file.unlink()
+
+    second = App(settings)
+    with pytest.raises(ExternalError) as exc:
+        await second.start(migrate_db=False)
+    await second.close()
+    message = exc.value.message
+    assert str(key_file) in message and "unreadable" in message and "'fleet-pepper'" in message
+    assert "FLEET_MCP_MASTER_KEY" in (exc.value.hint or "")
+    assert not key_file.exists()  # nothing generated that would hide the problem at the next start
+
+
+async def test_keyring_changes_happen_in_the_callers_unit_of_work(sessionmaker, local_transit: LocalTransit) -> None:
+    """Rotate, policy changes and trim write in the session they are given (commit or roll back with it);
+    without one they refuse; encrypt and decrypt never wait for the caller's write lock."""
+    from fleet_mcp.vault.transit.local import KeyringWriteOutsideUnitOfWork
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        async with sessionmaker() as s, s.begin():
+            assert await local_transit.rotate(session=s) == 2
+            assert (await local_transit.read_key(session=s)).latest_version == 2
+            raise Abort
+    assert (await local_transit.read_key()).latest_version == 1  # rolled back with the caller
+    for change in (
+        local_transit.rotate(),
+        local_transit.set_min_versions(min_decryption=1),
+        local_transit.trim(1),
+    ):
+        with pytest.raises(KeyringWriteOutsideUnitOfWork):
+            await change
+    with anyio.fail_after(30):  # a write transaction of their own would wait for this one's lock forever
+        async with sessionmaker() as s, s.begin():
+            await s.execute(select(TransitKeyVersion.id).limit(1))  # the unit of work holds the write lock
+            ct = await local_transit.encrypt(b"inside")
+            assert await local_transit.decrypt(ct) == b"inside"
+            assert await local_transit.rotate(session=s) == 2
+            await local_transit.set_min_versions(min_decryption=2, min_encryption=2, session=s)
+    info = await local_transit.read_key()
+    assert (info.latest_version, info.min_decryption_version) == (2, 2)
+    assert await local_transit.decrypt(await local_transit.encrypt(b"after")) == b"after"

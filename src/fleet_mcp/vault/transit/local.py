@@ -196,6 +196,7 @@ class LocalTransit(TransitBackend):
             existing = None
         if existing is not None:
             if self._master_created_at is not None:
+                await self.close()  # the caller (a failing start-up) will not
                 self._refuse_new_master_key(existing)
             await self._load({existing.latest_version})  # the master key must unwrap the keyring
             return existing
