@@ -236,3 +236,60 @@ async def test_server_start_resumes_interrupted_rotations(app) -> None:  # noqa:
     done = await call_as(app, ops, "system_vault_get_rotation_job", {"job_id": job.id})
     assert done.data["job"]["status"] == "completed" and done.data["job"]["rewrapped"] == 4
     assert await vault_jobs.resume_rotations(app) == 0  # nothing left
+
+
+async def test_vault_metadata_is_scoped_to_the_callers_account(app) -> None:  # noqa: ANN001
+    """A viewer (or operator) of one account sees its own account's vault metadata only: pepper counts,
+    verify, rotation job progress and failures, who started it. system.credentials.read_all (admin) sees all."""
+    from sqlalchemy import update
+
+    from fleet_mcp.db.models import FleetEvent
+    from fleet_mcp.vault.rotation import RotationEngine
+
+    adam = await make_caller(app, "acme", "adam", ("admin",))
+    olga = await make_caller(app, "globex", "olga", ("operator",))
+    vera = await make_caller(app, "globex", "vera", ("viewer",))
+    for caller, names in ((adam, ["acme-db", "acme-ci", "acme-broken"]), (olga, ["globex-git"])):
+        for name in names:
+            out = await call_as(
+                app, caller, "system_vault_store_credential", {"name": name, "kind": "token", "secret": f"{SECRET}{name}"}
+            )
+            assert out.ok, out.message
+    async with app.sessionmaker() as s, s.begin():  # a damaged ciphertext: the rotation records a failure
+        await s.execute(update(Credential).where(Credential.name == "acme-broken").values(ciphertext="vault:v1:AAAA"))
+    job = await RotationEngine(app, app.transit, batch_size=2).start(started_by="acme/adam")
+    assert job.status == "completed_with_failures"
+
+    denied = await call_as(app, vera, "system_vault_verify_credentials", {"account": "acme"})
+    assert not denied.ok and "system.credentials.read_all" in denied.message
+    own = await call_as(app, vera, "system_vault_verify_credentials", {})
+    assert (own.data["checked"], own.data["failed"]) == (1, 0)
+    everyone = await call_as(app, adam, "system_vault_verify_credentials", {})
+    assert (everyone.data["checked"], everyone.data["failed"]) == (4, 1)
+
+    for viewer in (vera, olga):
+        status = await call_as(app, viewer, "system_vault_get_pepper_status", {})
+        assert status.ok, status.message
+        assert status.data["ciphertexts_by_version"] == {"2": 1} and status.data["accounts_by_version"] == {"2": 1}
+        assert status.data["total_ciphertexts"] == 1
+        seen = await call_as(app, viewer, "system_vault_get_rotation_job", {"job_id": job.id})
+        assert seen.ok, seen.message
+        j = seen.data["job"]
+        assert [a["name"] for a in j["accounts"]] == ["globex"]
+        assert (j["total"], j["rewrapped"], j["failed"], j["errors"]) == (1, 1, 0, [])
+        assert j["started_by"] == "(another account)"
+        assert "acme" not in json.dumps(seen.data)
+
+    full = await call_as(app, adam, "system_vault_get_rotation_job", {"job_id": job.id})
+    j = full.data["job"]
+    assert sorted(a["name"] for a in j["accounts"]) == ["acme", "globex"] and j["started_by"] == "acme/adam"
+    assert [e["name"] for e in j["errors"]] == ["acme-broken"] and (j["total"], j["failed"]) == (4, 1)
+    admin_status = await call_as(app, adam, "system_vault_get_pepper_status", {})
+    assert admin_status.data["total_ciphertexts"] == 4
+
+    # The end-of-job event goes to every account: it carries no counts or names.
+    async with app.sessionmaker() as s:
+        payloads = (
+            await s.execute(select(FleetEvent.payload).where(FleetEvent.kind.like("vault.rotation_%")))
+        ).scalars().all()
+    assert payloads and all(set(p) <= {"job_id", "status", "to_version", "error"} for p in payloads)
