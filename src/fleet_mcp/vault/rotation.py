@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TextIO
 
 import anyio
 from sqlalchemy import func, select
@@ -49,6 +52,9 @@ log = logging.getLogger(__name__)
 
 AUDIT_TOOL = "system_rotate_vault_transit_pepper"
 _tasks: set[asyncio.Task[Any]] = set()  # strong references to background runs
+_launched: dict[int, asyncio.Task[RotationJobInfo | None]] = {}  # job id → its background run here
+#: Progress for jobs launched in the background from this context (a CLI that follows what it starts).
+_follow: ContextVar[ProgressFn | None] = ContextVar("fleet_rotation_follow", default=None)
 
 #: What a batch commit records: a pause starts again from these.
 _PROGRESS = (
@@ -146,17 +152,22 @@ class RotationEngine:
         """Run a committed job in the background (after the call that planned it committed: no waiting for
         its row to appear). A job another process runs, or one already finished, is left alone."""
 
-        async def body() -> None:
+        report = progress or _follow.get()
+
+        async def body() -> RotationJobInfo | None:
             try:
-                await self.run(job_id, progress=progress)
+                return await self.run(job_id, progress=report)
             except (Busy, Conflict) as exc:
                 log.info("rotation job %s not run: %s", job_id, exc.message)
             except Exception:
                 log.exception("rotation job %s crashed", job_id)
+            return None
 
         task = asyncio.get_running_loop().create_task(body(), name=f"rotation-job-{job_id}")
         _tasks.add(task)
+        _launched[job_id] = task
         task.add_done_callback(_tasks.discard)
+        task.add_done_callback(lambda t: _launched.pop(job_id, None) if _launched.get(job_id) is t else None)
         return task
 
     def check_resumable(self, job_id: int, job: RotationJob | None) -> RotationJob:
@@ -290,6 +301,50 @@ class RotationEngine:
         await self._point("after-rotation-recorded")
 
 
+@contextmanager
+def follow_background_jobs(progress: ProgressFn | None) -> Iterator[None]:
+    """Jobs launched in the background inside this block report to `progress` (a short-lived process such
+    as the CLI, which then waits for them with `finish_background_jobs`)."""
+    token = _follow.set(progress)
+    try:
+        yield
+    finally:
+        _follow.reset(token)
+
+
+async def finish_background_jobs(say: Callable[[str], None]) -> list[RotationJobInfo]:
+    """Wait for every job this process launched in the background, saying so (a process about to exit would
+    otherwise leave them pending). Returns their final states."""
+    out: list[RotationJobInfo] = []
+    while _launched:
+        job_id, task = next(iter(_launched.items()))
+        say(
+            f"rotation job {job_id} was started by this command: it runs here, in this process, until it ends "
+            "(interrupting pauses it; a running server or system_vault_resume_rotation_job resumes it)"
+        )
+        info = await task
+        _launched.pop(job_id, None)
+        if info is None:
+            say(f"rotation job {job_id} did not run here (see the log); check system_vault_get_rotation_job")
+            continue
+        out.append(info)
+        error = f" ({info.error})" if info.error else ""
+        say(f"\nrotation job {job_id} {info.status}: {info.rewrapped} rewrapped, {info.failed} failed{error}")
+    return out
+
+
+def text_progress(stream: TextIO, width: int = 40) -> ProgressFn:
+    """A one-line progress bar on `stream` (a terminal's stderr)."""
+
+    async def bar(done: float, total: float | None, message: str | None) -> None:
+        frac = (done / total) if total else 0.0
+        filled = int(width * frac)
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {int(done)}/{int(total or 0)} {message or ''}"[:120])
+        stream.flush()
+
+    return bar
+
+
 async def resume_interrupted(
     storage: Any,
     transit: TransitBackend,
@@ -327,11 +382,14 @@ __all__ = [
     "active_job",
     "count_below",
     "finalize",
+    "finish_background_jobs",
+    "follow_background_jobs",
     "get_job",
     "instance_id",
     "job_info",
     "plan_job",
     "resume_interrupted",
     "running_here",
+    "text_progress",
     "trim",
 ]
