@@ -283,6 +283,7 @@ async def rotate_pepper(ctx: ToolContext, args: RotateArgs) -> RotateOut:
         started_by=ctx.principal.qualified,
         batch_size=batch,
         reencrypt_existing=args.reencrypt_existing,
+        approval_id=ctx.approval_id,
     )
     await ctx.session.flush()
     planned = _view(ctx, job_info(job))

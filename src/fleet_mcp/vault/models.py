@@ -109,6 +109,8 @@ class RotationJob(Base):
     batches: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     started_by: Mapped[str] = mapped_column(String(250))
+    #: The approval request the rotation was executed under, if any: every audit row of the job names it.
+    approval_id: Mapped[str | None] = mapped_column(String(40))
     #: Which process runs the job; claims compare-and-set it, so a job runs in one place at a time.
     owner: Mapped[str | None] = mapped_column(String(80))
     heartbeat_at: Mapped[dt.datetime | None]

@@ -187,6 +187,7 @@ class RotationEngine:
             decision="background",
             outcome=outcome,
             detail=detail,
+            approval_id=job.approval_id,
         )
 
     async def _end(self, job: RotationJob, status: str, error: str | None) -> None:

@@ -73,6 +73,7 @@ async def plan_job(
     started_by: str,
     batch_size: int = 250,
     reencrypt_existing: bool = True,
+    approval_id: str | None = None,
 ) -> RotationJob:
     """Record a pending job and its intent (rotate to latest + 1) in the caller's unit of work; nothing is
     rotated yet. Busy if a job is active."""
@@ -99,6 +100,7 @@ async def plan_job(
         to_version=None,
         total=await count_below(session, key.latest_version + 1),
         started_by=started_by,
+        approval_id=approval_id,
     )
     try:
         async with session.begin_nested():
