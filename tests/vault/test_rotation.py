@@ -261,3 +261,26 @@ async def test_failed_batch_commit_pauses_with_only_committed_progress(
     assert await plaintexts_of(sm, local_transit, other_account.id) == b
     async with sm() as s:
         assert (await audit.verify(s)).ok
+
+
+async def test_trim_refuses_while_anything_old_remains(sessionmaker, transit, account) -> None:  # noqa: ANN001
+    """Trim is the one irreversible step: refused while a stored row is below the trim point (here a row put
+    back from a restore after finalize) and while a declared backup needs an older version."""
+    sm = sessionmaker
+    await seed(sm, transit, account.id, 6)
+    old_row = (await rows_of(sm, account.id))[0]
+    job = await RotationEngine(sm, transit, batch_size=4).start(started_by="ops")
+    assert job.status == "completed"
+    assert not (await finalize_now(sm, transit)).refused
+    async with sm() as s, s.begin():  # a row restored from an old backup, still on v1
+        s.add(Credential(account_id=account.id, name="restored", kind="generic", ciphertext=old_row.ciphertext,
+                         key_version=1, meta={}))
+    with pytest.raises(Conflict, match="1 stored ciphertexts are below v2"):
+        await trim_now(sm, transit)
+    async with sm() as s, s.begin():
+        await CredentialStore(transit).delete(s, account_id=account.id, name="restored")
+    with pytest.raises(Conflict, match="a declared backup still needs key version v1"):
+        await trim_now(sm, transit, backup_min_version=1)
+    assert (await transit.read_key()).min_available_version == 0  # nothing was deleted
+    trimmed = await trim_now(sm, transit, backup_min_version=2)
+    assert trimmed.deleted_versions == [1]

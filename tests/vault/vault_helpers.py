@@ -90,7 +90,7 @@ async def finalize_now(sm: async_sessionmaker[AsyncSession], transit: TransitBac
         return await finalize(s, transit, **kw)
 
 
-async def trim_now(sm: async_sessionmaker[AsyncSession], transit: TransitBackend, **kw: int) -> TrimResult:
+async def trim_now(sm: async_sessionmaker[AsyncSession], transit: TransitBackend, **kw: int | None) -> TrimResult:
     async with sm() as s, s.begin():
         return await trim(s, transit, **kw)
 
