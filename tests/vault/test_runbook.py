@@ -7,6 +7,7 @@ each with its actor and the approval it ran under."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -68,9 +69,8 @@ async def test_the_rotation_runbook_end_to_end(app: App, settings: Settings) -> 
             approval = await approve(ben, queued, "quarterly rotation")
             assert approval["status"] == "executed" and approval["result"]["job"]["status"] == "pending"
             job_id = approval["result"]["job"]["id"]
-            said: list[str] = []
-            finished = await rotation.finish_background_jobs(said.append)  # the approved job, to its end
-            assert [j.id for j in finished] == [job_id]
+            finished = await rotation.wait_for_launched(job_id)  # launched once the approval committed
+            assert finished is not None and finished.status == "completed"
             # §2 follow: the job's record.
             job = (await call(alice, "system_vault_get_rotation_job", {"job_id": job_id}))["job"]
             assert (job["status"], job["from_version"], job["to_version"]) == ("completed", 1, 2)
@@ -93,7 +93,9 @@ async def test_the_rotation_runbook_end_to_end(app: App, settings: Settings) -> 
             # §5 Trim: refused while the declared backup needs v1 ...
             refused = await approve(ben, await call(alice, "system_vault_trim_pepper_key", error=True),
                                     "too early")
-            assert refused["status"] == "failed" and "declared backup" in refused["result"]["error"]
+            assert refused["status"] == "failed" and "declared backup still needs key version v1" in json.dumps(
+                refused["result"]
+            )
             assert (await call(alice, "system_vault_get_pepper_status"))["min_available_version"] == 0
             # ... and done once that backup aged out and the declaration moved on.
             app.settings.pepper_backup_min_version = ben_app.settings.pepper_backup_min_version = 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anyio
 import pytest
 from sqlalchemy import select
 
@@ -95,13 +94,14 @@ async def test_credential_tools_never_return_or_audit_the_secret(client, app) ->
 
 
 async def _wait_for_job(app, caller, job_id: int) -> dict:  # noqa: ANN001
-    with anyio.fail_after(60):
-        while True:
-            out = await call_as(app, caller, "system_vault_get_rotation_job", {"job_id": job_id})
-            assert out.ok, out.message
-            if out.data["job"]["status"] not in ("pending", "running"):
-                return out.data["job"]
-            await anyio.sleep(0.05)
+    """The job's record once its run, launched in this process after the call committed, has ended."""
+    from fleet_mcp.vault.rotation import wait_for_launched
+
+    await wait_for_launched(job_id)
+    out = await call_as(app, caller, "system_vault_get_rotation_job", {"job_id": job_id})
+    assert out.ok, out.message
+    assert out.data["job"]["status"] not in ("pending", "running"), out.data
+    return out.data["job"]
 
 
 async def test_rotation_finalize_trim_through_the_approval_queue(app) -> None:  # noqa: ANN001

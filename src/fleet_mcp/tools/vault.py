@@ -318,7 +318,9 @@ def _run_to_end(ctx: ToolContext, engine: RotationEngine, job_id: int) -> Any:
     async def hook(result: BaseModel) -> BaseModel | None:
         assert isinstance(result, RotateOut)
         try:
-            info = await engine.run(job_id, progress=report)
+            info = await engine.launch(job_id, progress=report)  # awaited: this call returns at the job's end
+            if info is None:
+                raise RuntimeError("the job did not run here (see the server log)")
             latest = (await engine.transit.read_key()).latest_version
         except Exception as exc:  # a hook never raises: say what happened in the result
             what = getattr(exc, "message", None) or type(exc).__name__

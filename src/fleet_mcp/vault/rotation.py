@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 
 AUDIT_TOOL = "system_rotate_vault_transit_pepper"
 _tasks: set[asyncio.Task[Any]] = set()  # strong references to background runs
-_launched: dict[int, asyncio.Task[RotationJobInfo | None]] = {}  # job id → its background run here
+#: Every job launched in this process and still running, by id.
+_launched: dict[int, asyncio.Task[RotationJobInfo | None]] = {}
+#: Jobs launched while a short-lived caller follows them (`follow_background_jobs`), to wait for at its end.
+_followed: list[tuple[int, asyncio.Task[RotationJobInfo | None]]] = []
 #: Progress for jobs launched in the background from this context (a CLI that follows what it starts).
 _follow: ContextVar[ProgressFn | None] = ContextVar("fleet_rotation_follow", default=None)
 
@@ -148,15 +151,20 @@ class RotationEngine:
         finally:
             lease.mark_stopped(job_id)
 
-    def launch(self, job_id: int, *, progress: ProgressFn | None = None) -> asyncio.Task[Any]:
+    def launch(self, job_id: int, *, progress: ProgressFn | None = None) -> asyncio.Task[RotationJobInfo | None]:
         """Run a committed job in the background (after the call that planned it committed: no waiting for
-        its row to appear). A job another process runs, or one already finished, is left alone."""
+        its row to appear); await the task to wait for its end. A job another process runs, or one already
+        finished, is left alone (the task's result is then None)."""
+        follow = _follow.get()
+        reports = [p for p in (progress, follow) if p is not None]
 
-        report = progress or _follow.get()
+        async def report(done: int, total: int, message: str) -> None:
+            for p in reports:
+                await p(done, total, message)
 
         async def body() -> RotationJobInfo | None:
             try:
-                return await self.run(job_id, progress=report)
+                return await self.run(job_id, progress=report if reports else None)
             except (Busy, Conflict) as exc:
                 log.info("rotation job %s not run: %s", job_id, exc.message)
             except Exception:
@@ -165,9 +173,11 @@ class RotationEngine:
 
         task = asyncio.get_running_loop().create_task(body(), name=f"rotation-job-{job_id}")
         _tasks.add(task)
-        _launched[job_id] = task
         task.add_done_callback(_tasks.discard)
-        task.add_done_callback(lambda t: _launched.pop(job_id, None) if _launched.get(job_id) is t else None)
+        _launched[job_id] = task
+        task.add_done_callback(lambda t: _launched.pop(job_id) if _launched.get(job_id) is t else None)
+        if follow is not None:
+            _followed.append((job_id, task))
         return task
 
     def check_resumable(self, job_id: int, job: RotationJob | None) -> RotationJob:
@@ -302,6 +312,12 @@ class RotationEngine:
         await self._point("after-rotation-recorded")
 
 
+async def wait_for_launched(job_id: int) -> RotationJobInfo | None:
+    """Wait for the end of a job launched in this process (None if none runs here)."""
+    task = _launched.get(job_id)
+    return None if task is None else await task
+
+
 @contextmanager
 def follow_background_jobs(progress: ProgressFn | None) -> Iterator[None]:
     """Jobs launched in the background inside this block report to `progress` (a short-lived process such
@@ -314,17 +330,16 @@ def follow_background_jobs(progress: ProgressFn | None) -> Iterator[None]:
 
 
 async def finish_background_jobs(say: Callable[[str], None]) -> list[RotationJobInfo]:
-    """Wait for every job this process launched in the background, saying so (a process about to exit would
-    otherwise leave them pending). Returns their final states."""
+    """Wait for every job launched while following (`follow_background_jobs`), saying so: a process about to
+    exit would otherwise leave them pending. Returns their final states."""
     out: list[RotationJobInfo] = []
-    while _launched:
-        job_id, task = next(iter(_launched.items()))
+    while _followed:
+        job_id, task = _followed.pop(0)
         say(
             f"rotation job {job_id} was started by this command: it runs here, in this process, until it ends "
             "(interrupting pauses it; a running server or system_vault_resume_rotation_job resumes it)"
         )
         info = await task
-        _launched.pop(job_id, None)
         if info is None:
             say(f"rotation job {job_id} did not run here (see the log); check system_vault_get_rotation_job")
             continue
@@ -392,5 +407,6 @@ __all__ = [
     "resume_interrupted",
     "running_here",
     "text_progress",
+    "wait_for_launched",
     "trim",
 ]
