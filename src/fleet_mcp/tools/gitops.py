@@ -24,7 +24,6 @@ from fleet_mcp.registry import Args, NoArgs, tool
 
 if TYPE_CHECKING:
     from fleet_mcp.app import App
-    from fleet_mcp.principals import Caller
 
 GITOPS: dict[str, Any] = {"toolset": "gitops"}
 READ = "system.gitops.read"
@@ -55,13 +54,14 @@ def _resolver_for(app: App, account_id: int) -> Callable[[AsyncSession], Credent
     return make
 
 
-async def _prefetch(app: App, caller: Caller, args: RepositoryIdArgs) -> Any:
+async def _prefetch(ctx: ToolContext, args: RepositoryIdArgs) -> Any:
     """Run git before the unit of work opens: no database lock is held while the fetch runs."""
+    app = ctx.app
     try:
-        return await service.prefetch(app.sessionmaker, account_id=caller.account_id,
+        return await service.prefetch(app.read_sessionmaker, account_id=ctx.principal.account_id,
                                       repository_id=args.repository_id,
                                       options=GitOpsOptions.from_settings(app.settings),
-                                      make_resolver=_resolver_for(app, caller.account_id))
+                                      make_resolver=_resolver_for(app, ctx.principal.account_id))
     except FleetError:
         return None  # e.g. unknown repository: the handler reports it from inside the unit of work
 

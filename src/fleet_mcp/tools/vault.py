@@ -313,7 +313,7 @@ def _launch(engine: RotationEngine, job_id: int) -> Any:
 
 
 def _run_to_end(ctx: ToolContext, engine: RotationEngine, job_id: int) -> Any:
-    report = ctx.report_progress  # captured now: the hook runs after the call's unit of work is gone
+    report = ctx.progress  # captured now: the hook runs after the call's unit of work is gone
 
     async def hook(result: BaseModel) -> BaseModel | None:
         assert isinstance(result, RotateOut)

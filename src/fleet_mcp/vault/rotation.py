@@ -90,6 +90,9 @@ class RotationEngine:
         checkpoint: CheckpointFn | None = None,
     ) -> None:
         self.storage = JobStorage.of(storage)
+        #: The app's `spawn` when given an app: its background work is drained before a CLI exits and
+        #: cancelled (the job pauses) when the app closes.
+        self._spawn = getattr(storage, "spawn", None)
         self.transit = transit
         self.batch_size = batch_size
         #: A running job whose heartbeat is older than this (seconds) may be claimed by another process.
@@ -171,7 +174,8 @@ class RotationEngine:
                 log.exception("rotation job %s crashed", job_id)
             return None
 
-        task = asyncio.get_running_loop().create_task(body(), name=f"rotation-job-{job_id}")
+        name = f"rotation-job-{job_id}"
+        task = self._spawn(body(), name=name) if self._spawn else asyncio.get_running_loop().create_task(body(), name=name)
         _tasks.add(task)
         task.add_done_callback(_tasks.discard)
         _launched[job_id] = task
