@@ -393,7 +393,10 @@ async def resume_rotation_job(ctx: ToolContext, args: JobArgs) -> ResumeOut:
 class VerifyArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     account: str | None = Field(
-        default=None, description="Only this account (by name); default: every account.", max_length=120
+        default=None,
+        description="Only this account (by name); default: your own account, or every account with "
+        "system.credentials.read_all (needed to name another account).",
+        max_length=120,
     )
 
 
