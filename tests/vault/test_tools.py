@@ -293,3 +293,39 @@ async def test_vault_metadata_is_scoped_to_the_callers_account(app) -> None:  # 
             await s.execute(select(FleetEvent.payload).where(FleetEvent.kind.like("vault.rotation_%")))
         ).scalars().all()
     assert payloads and all(set(p) <= {"job_id", "status", "to_version", "error"} for p in payloads)
+
+
+async def test_rotation_runs_only_after_the_call_committed(app, tmp_path: Path) -> None:  # noqa: ANN001
+    """The rotate call plans the job (pending, with its intent) in its own unit of work; the job's steps run
+    after that commit, each committing on its own: while the job reports progress, the call's audit row and
+    the planned job are already committed and visible to any other session."""
+    from fleet_mcp.policy.watcher import PolicyHolder
+    from fleet_mcp.registry import catalog
+    from fleet_mcp.vault.models import RotationJob
+
+    policy = tmp_path / "allow-all.yaml"
+    policy.write_text("version: 1\ndefault: deny\nrules:\n  - name: all\n    match: {}\n    decision: auto_approve\n")
+    app.policy = PolicyHolder(policy, catalog())
+    ops = await make_caller(app, "acme", "ops", ("admin",))
+    for i in range(3):
+        assert (await call_as(app, ops, "system_vault_store_credential",
+                              {"name": f"o{i}", "kind": "token", "secret": f"v{i}"})).ok
+    seen: list[tuple[int, int | None, list[str]]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        async with app.read_sessionmaker() as s:
+            job = (await s.execute(select(RotationJob))).scalar_one()
+            calls = (
+                await s.execute(
+                    select(AuditEntry.outcome).where(
+                        AuditEntry.tool == "system_rotate_vault_transit_pepper", AuditEntry.decision != "background"
+                    )
+                )
+            ).scalars().all()
+        seen.append((job.target_version, job.to_version, list(calls)))
+
+    r = await call_as(app, ops, "system_rotate_vault_transit_pepper", {"wait": True, "batch_size": 2},
+                      progress=on_progress)
+    assert r.ok and r.data["waited"] and r.data["job"]["status"] == "completed", r.message
+    assert seen and all(target == 2 and calls == ["ok"] for target, _, calls in seen)
+    assert seen[0][1] == 2  # the first report comes after the rotation was recorded
