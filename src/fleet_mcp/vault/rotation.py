@@ -15,17 +15,16 @@ of work (`fleet_mcp.vault.storage`) under the job's lease (`fleet_mcp.vault.leas
 
 Named checkpoints (`checkpoint(name)`, for tests that stop a process at a known point): `after-claim`,
 `after-rotate` (rotated, not yet committed), `after-rotation-recorded`, `before-batch-commit-N`,
-`after-batch-N`, `after-account-NAME`, `before-end`. Finalize and trim live in `fleet_mcp.vault.finalize`.
+`after-batch-N`, `after-account-NAME`, `before-end`. Finalize and trim live in `fleet_mcp.vault.finalize`;
+jobs running in this process's background (waiting for them, a CLI following them) in
+`fleet_mcp.vault.background`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 from sqlalchemy import func, select
@@ -36,7 +35,13 @@ from fleet_mcp import audit, events
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import Account
 from fleet_mcp.errors import Busy, Conflict, FleetError
-from fleet_mcp.vault import lease
+from fleet_mcp.vault import background, lease
+from fleet_mcp.vault.background import (
+    finish_background_jobs,
+    follow_background_jobs,
+    text_progress,
+    wait_for_launched,
+)
 from fleet_mcp.vault.batch_loop import BatchLoop
 from fleet_mcp.vault.batches import ensure_planner_stats
 from fleet_mcp.vault.finalize import TRIM_WARNING, finalize, trim
@@ -51,13 +56,6 @@ from fleet_mcp.vault.transit import TransitBackend
 log = logging.getLogger(__name__)
 
 AUDIT_TOOL = "system_rotate_vault_transit_pepper"
-_tasks: set[asyncio.Task[Any]] = set()  # strong references to background runs
-#: Every job launched in this process and still running, by id.
-_launched: dict[int, asyncio.Task[RotationJobInfo | None]] = {}
-#: Jobs launched while a short-lived caller follows them (`follow_background_jobs`), to wait for at its end.
-_followed: list[tuple[int, asyncio.Task[RotationJobInfo | None]]] = []
-#: Progress for jobs launched in the background from this context (a CLI that follows what it starts).
-_follow: ContextVar[ProgressFn | None] = ContextVar("fleet_rotation_follow", default=None)
 
 #: What a batch commit records: a pause starts again from these.
 _PROGRESS = (
@@ -158,7 +156,7 @@ class RotationEngine:
         """Run a committed job in the background (after the call that planned it committed: no waiting for
         its row to appear); await the task to wait for its end. A job another process runs, or one already
         finished, is left alone (the task's result is then None)."""
-        follow = _follow.get()
+        follow = background.follower()
         reports = [p for p in (progress, follow) if p is not None]
 
         async def report(done: int, total: int, message: str) -> None:
@@ -176,12 +174,7 @@ class RotationEngine:
 
         name = f"rotation-job-{job_id}"
         task = self._spawn(body(), name=name) if self._spawn else asyncio.get_running_loop().create_task(body(), name=name)
-        _tasks.add(task)
-        task.add_done_callback(_tasks.discard)
-        _launched[job_id] = task
-        task.add_done_callback(lambda t: _launched.pop(job_id) if _launched.get(job_id) is t else None)
-        if follow is not None:
-            _followed.append((job_id, task))
+        background.register(job_id, task, followed=follow is not None)
         return task
 
     def check_resumable(self, job_id: int, job: RotationJob | None) -> RotationJob:
@@ -314,55 +307,6 @@ class RotationEngine:
             }
             await self._audit(s, job, "-", "rotated" if rotated else "rotation_adopted", detail)
         await self._point("after-rotation-recorded")
-
-
-async def wait_for_launched(job_id: int) -> RotationJobInfo | None:
-    """Wait for the end of a job launched in this process (None if none runs here)."""
-    task = _launched.get(job_id)
-    return None if task is None else await task
-
-
-@contextmanager
-def follow_background_jobs(progress: ProgressFn | None) -> Iterator[None]:
-    """Jobs launched in the background inside this block report to `progress` (a short-lived process such
-    as the CLI, which then waits for them with `finish_background_jobs`)."""
-    token = _follow.set(progress)
-    try:
-        yield
-    finally:
-        _follow.reset(token)
-
-
-async def finish_background_jobs(say: Callable[[str], None]) -> list[RotationJobInfo]:
-    """Wait for every job launched while following (`follow_background_jobs`), saying so: a process about to
-    exit would otherwise leave them pending. Returns their final states."""
-    out: list[RotationJobInfo] = []
-    while _followed:
-        job_id, task = _followed.pop(0)
-        say(
-            f"rotation job {job_id} was started by this command: it runs here, in this process, until it ends "
-            "(interrupting pauses it; a running server or system_vault_resume_rotation_job resumes it)"
-        )
-        info = await task
-        if info is None:
-            say(f"rotation job {job_id} did not run here (see the log); check system_vault_get_rotation_job")
-            continue
-        out.append(info)
-        error = f" ({info.error})" if info.error else ""
-        say(f"\nrotation job {job_id} {info.status}: {info.rewrapped} rewrapped, {info.failed} failed{error}")
-    return out
-
-
-def text_progress(stream: TextIO, width: int = 40) -> ProgressFn:
-    """A one-line progress bar on `stream` (a terminal's stderr)."""
-
-    async def bar(done: float, total: float | None, message: str | None) -> None:
-        frac = (done / total) if total else 0.0
-        filled = int(width * frac)
-        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {int(done)}/{int(total or 0)} {message or ''}"[:120])
-        stream.flush()
-
-    return bar
 
 
 async def resume_interrupted(
