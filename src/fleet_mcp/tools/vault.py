@@ -515,7 +515,13 @@ class TrimOut(BaseModel):
 async def _trim_summary(ctx: ToolContext, args: TrimArgs) -> str:
     key = await _transit(ctx).read_key()
     n = args.min_available_version or key.min_decryption_version
-    return f"IRREVERSIBLE: delete versions below v{n} of transit key {key.name!r} forever. " + TRIM_WARNING.format(n=n)
+    text = f"IRREVERSIBLE: delete versions below v{n} of transit key {key.name!r} forever. " + TRIM_WARNING.format(n=n)
+    backup = ctx.app.settings.pepper_backup_min_version
+    if backup is None:
+        return f"{text} No backup is declared (FLEET_MCP_PEPPER_BACKUP_MIN_VERSION): check your oldest backup first."
+    if n > backup:
+        return f"{text} It will be refused: a declared backup still needs v{backup}."
+    return f"{text} Declared backups need v{backup} or later: they stay readable."
 
 
 @tool(
