@@ -365,8 +365,13 @@ def cmd_approvals(settings: Settings, ns: argparse.Namespace) -> int:
                                                    {"approval_id": ns.id, "reason": reason}))
         decision = "approve" if ns.action == "approve" else "reject"
         reason = ns.reason or f"{decision}d from the command line"
-        return _print_outcome(await _call_tool(app, "system_approvals_decide",
-                                               {"approval_id": ns.id, "decision": decision, "reason": reason}))
+        from fleet_mcp.vault import rotation  # an approved rotation runs here, to its end, before we exit
+
+        with rotation.follow_background_jobs(rotation.text_progress(sys.stderr)):
+            code = _print_outcome(await _call_tool(app, "system_approvals_decide",
+                                                   {"approval_id": ns.id, "decision": decision, "reason": reason}))
+            await rotation.finish_background_jobs(lambda m: print(m, file=sys.stderr))
+        return code
 
     return _run(lambda: _with_app(settings, go))
 

@@ -64,9 +64,18 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_CACERT", "VAULT_CACERT")
     )
     vault_skip_verify: bool = False
+    # Least privilege: used only to create, rotate, reconfigure (min versions) and trim the key; the token
+    # above then needs only encrypt/decrypt/rewrap (policies: fleet_mcp/vault/policies/*.hcl).
+    vault_admin_token: SecretStr | None = None
+    vault_admin_role_id: str | None = None
+    vault_admin_secret_id: SecretStr | None = None
     vault_namespace: str | None = None
     transit_mount: str = "transit"
     pepper_key: str = "fleet-pepper"
+    pepper_backup_min_version: int | None = Field(
+        default=None, ge=1,
+        description="Oldest pepper key version a backup you may still restore needs; trim refuses to delete it or later.",
+    )
     rotation_batch_size: int = Field(default=1000, ge=1, le=10_000, description="Rows per committed rotation batch; Vault requests are chunked to ≤ 250 and halved when too complex.")
 
     # GitOps.
