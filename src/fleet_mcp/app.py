@@ -115,9 +115,10 @@ class App:
         self.read_sessionmaker = make_sessionmaker(self._read_engine)
         self.audit_writer = audit.AuditWriter(self.engine, self.write_lock)
         self.policy = self._load_policy()
-        self.transit = await self._build_transit()
+        self.transit = self._build_transit()
         async with self.unit_of_work() as uow:
             session = uow.session
+            await self.transit.ensure_key(session=session)  # a local keyring is created in this unit of work
             await audit.ensure_head(session)
             acct = await principals.ensure_account(session, s.account)
             await principals.ensure_principal(session, acct, s.principal, s.role_list)
@@ -143,13 +144,11 @@ class App:
 
         return PolicyHolder(self.settings.policy, catalog())
 
-    async def _build_transit(self) -> Any:
+    def _build_transit(self) -> Any:
         from fleet_mcp.vault.transit import build_transit
 
         assert self.sessionmaker is not None
-        backend = build_transit(self.settings, self.sessionmaker)
-        await backend.ensure_key()
-        return backend
+        return build_transit(self.settings, self.sessionmaker)
 
     async def close(self) -> None:
         for task in list(self._background):

@@ -41,6 +41,9 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly
 
 def _install_write_guard(engine: AsyncEngine, lock: WriteLock, *, check_begin: bool) -> None:
     def _begun(conn: Any) -> None:
+        # An autocommit connection (the local keyring's kept reader) holds no transaction to wait behind.
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return
         lock.on_begin(conn)
 
     def _ended(conn: Any) -> None:
