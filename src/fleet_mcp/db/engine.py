@@ -16,31 +16,34 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False,
+                  sqlite_driver: sqlite_inline.Driver | None = None) -> AsyncEngine:
     """Create an async engine; on SQLite every transaction begins IMMEDIATE so writers queue, not fail.
     A `readonly` engine refuses writes (SQLite `query_only`, PostgreSQL read-only transactions); on SQLite
     it begins plain (deferred) transactions: in WAL mode readers never wait for the writer, so lookups
     and read-only tools need not queue behind writes."""
     if is_sqlite(url):
-        engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}, module=sqlite_inline.dbapi()
-        )
-        _install_sqlite_pragmas(engine, readonly=readonly)
+        if sqlite_driver is None:
+            from fleet_mcp.settings import Settings
+
+            sqlite_driver = Settings().sqlite_driver
+        engine = create_async_engine(url, echo=echo, **sqlite_inline.engine_options(url, sqlite_driver))
+        _install_sqlite_pragmas(engine, readonly=readonly, busy_timeout_ms=sqlite_inline.busy_timeout_ms(sqlite_driver))
         return engine
     connect_args = {"server_settings": {"default_transaction_read_only": "on"}} if readonly else {}
     return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
                                connect_args=connect_args)
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> None:
+def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False, busy_timeout_ms: int = 0) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        # No busy timeout: the driver waits for another process's write lock without blocking the loop.
-        cur.execute("PRAGMA busy_timeout=0")
+        # Inline driver: no busy timeout, it waits for another process's write lock without blocking the loop.
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if readonly:
             cur.execute("PRAGMA query_only=ON")
         cur.close()
