@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -16,11 +16,18 @@ from fleet_mcp.db.engine import create_engine, is_sqlite, make_sessionmaker
 from fleet_mcp.principals import Caller
 from fleet_mcp.settings import Settings
 
+if TYPE_CHECKING:
+    from fleet_mcp.policy.watcher import PolicyHolder
+    from fleet_mcp.vault.transit.base import TransitBackend
+
 log = logging.getLogger(__name__)
 
 
 class App:
     """Built once per process from Settings; owns the engine and long-lived backends."""
+
+    #: The policy in force; set by start().
+    policy: PolicyHolder
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -32,8 +39,7 @@ class App:
         self._read_engine: AsyncEngine | None = None
         #: Group commit of audit rows that join no other write (read-only calls, refusals).
         self.audit_writer: audit.AuditWriter | None = None
-        self.transit: Any = None
-        self.policy: Any = None
+        self.transit: TransitBackend | None = None
         self.stdio_caller: Caller | None = None
         self.stateless_http = False
         self._started = False
@@ -75,13 +81,13 @@ class App:
             if db_file.exists():
                 os.chmod(db_file, 0o600)
 
-    def _load_policy(self) -> Any:
+    def _load_policy(self) -> PolicyHolder:
         from fleet_mcp.policy.watcher import PolicyHolder
         from fleet_mcp.registry import catalog
 
         return PolicyHolder(self.settings.policy, catalog())
 
-    async def _build_transit(self) -> Any:
+    async def _build_transit(self) -> TransitBackend:
         from fleet_mcp.vault.transit import build_transit
 
         assert self.sessionmaker is not None

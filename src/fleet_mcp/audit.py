@@ -8,12 +8,12 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, SecretBytes, SecretStr
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -92,7 +92,7 @@ _HASHED = ("seq", "principal", "account", "tool", "args_digest", "arguments", "d
 
 
 def _row_hash(entry: AuditEntry | Mapping[str, Any]) -> str:
-    get = entry.get if isinstance(entry, Mapping) else (lambda k: getattr(entry, k))
+    get: Callable[[str], Any] = entry.get if isinstance(entry, Mapping) else (lambda k: getattr(entry, k))
     body = {k: get(k) for k in _HASHED}
     body["at"] = get("at").astimezone(dt.UTC).isoformat(timespec="microseconds")
     body["duration_ms"] = round(float(get("duration_ms")), 3)
@@ -103,11 +103,10 @@ async def ensure_head(session: AsyncSession | AsyncConnection) -> None:
     """Create the head row if missing; safe when many sessions race to do it."""
     bind = session if isinstance(session, AsyncConnection) else session.bind
     dialect = bind.dialect.name if bind is not None else "sqlite"
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    await session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.execute(insert_(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
 
 
 def build_row(
@@ -140,8 +139,8 @@ def build_row(
 
 
 _HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
-_INSERT = insert(AuditEntry.__table__)
-_MOVE_HEAD = update(AuditHead.__table__).where(AuditHead.id == 1).values(seq=bindparam("new_seq"),
+_INSERT = insert(cast(Table, AuditEntry.__table__))
+_MOVE_HEAD = update(cast(Table, AuditHead.__table__)).where(AuditHead.id == 1).values(seq=bindparam("new_seq"),
                                                                           hash=bindparam("new_hash"))
 
 

@@ -244,7 +244,7 @@ class Gate:
                 raise InvalidArgument("; ".join(problems))
             args = self.parse(spec, raw_args)
         except (ValidationError, InvalidArgument) as exc:
-            detail = format_validation_error(exc) if isinstance(exc, ValidationError) else exc.message
+            detail: Any = format_validation_error(exc) if isinstance(exc, ValidationError) else exc.message
             msg = f"Invalid arguments for {spec.name}: {detail}"
             await self._audit_only(spec, caller, raw_args, t0, decision="invalid", outcome="invalid_arguments",
                                    detail={"error": msg})

@@ -9,6 +9,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -132,7 +133,7 @@ _BY_TOKEN = (
 async def authenticate(session: AsyncSession, token: str) -> Caller:
     """Resolve a bearer token; raises Unauthenticated (unknown) or RevokedToken (revoked/disabled)."""
     digest = token_digest(token)
-    row = (await session.execute(_BY_TOKEN, {"digest": digest})).first()
+    row: Any = (await session.execute(_BY_TOKEN, {"digest": digest})).first()
     if row is None or not hmac.compare_digest(row[0], digest):
         raise Unauthenticated("unknown bearer token", hint="create one with `fleet-mcp token create`")
     _, revoked_at, label, name, disabled, roles, account_id, account_name = row

@@ -49,6 +49,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 class Cursor:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        assert conn._conn is not None
         self._cursor = conn._conn.cursor()
         conn._cursors.add(self._cursor)
 
@@ -121,7 +122,7 @@ class Connection:
         return self._conn.isolation_level
 
     @isolation_level.setter
-    def isolation_level(self, value: str | None) -> None:
+    def isolation_level(self, value: Any) -> None:  # sqlite3 takes None, "DEFERRED", "IMMEDIATE", "EXCLUSIVE"
         assert self._conn is not None
         self._conn.isolation_level = value
 

@@ -181,7 +181,7 @@ def _load(data: bytes | str) -> tuple[Any, list[str], dict[tuple[str, ...], int]
     lines: dict[tuple[str, ...], int] = {}
     try:
         get = loader.get_event
-        ev = get()  # StreamStart
+        ev: Any = get()  # StreamStart
         ev = get()
         if isinstance(ev, yaml.StreamEndEvent):
             return None, errors, lines
@@ -253,7 +253,7 @@ def _load(data: bytes | str) -> tuple[Any, list[str], dict[tuple[str, ...], int]
             elif cls is yaml.AliasEvent:
                 raise _Limit(f"{_where(ev.start_mark)}: YAML anchors and aliases are not allowed")
             elif cls is yaml.DocumentEndEvent:
-                nxt = get()
+                nxt: Any = get()
                 if not isinstance(nxt, yaml.StreamEndEvent):
                     raise _Limit(f"{_where(nxt.start_mark)}: more than one YAML document")
                 return root, errors, lines
@@ -332,8 +332,8 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
                     errors.append(
                         _with_line(f"{format_loc((section, name))}: invalid name: {problem}", (section, name), lines)
                     )
-    templates = doc.get("templates") if isinstance(doc.get("templates"), dict) else {}
-    modules = doc.get("modules") if isinstance(doc.get("modules"), dict) else {}
+    templates = doc["templates"] if isinstance(doc.get("templates"), dict) else {}
+    modules = doc["modules"] if isinstance(doc.get("modules"), dict) else {}
     assignments = doc.get("assignments")
     if isinstance(assignments, dict):
         for name in assignments:
@@ -363,8 +363,8 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
 
     resources: dict[str, dict[str, dict[str, Any]]] = {}
     for kind in KINDS:
-        section: dict[str, Any] = getattr(model, SECTION_BY_KIND[kind])
-        resources[kind] = {name: dump_attributes(spec) for name, spec in section.items()}
+        specs: dict[str, Any] = getattr(model, SECTION_BY_KIND[kind])
+        resources[kind] = {name: dump_attributes(spec) for name, spec in specs.items()}
     return DesiredState(resources=resources, fleet=dump_attributes(model.fleet) if model.fleet else None)
 
 

@@ -19,10 +19,10 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import Update, bindparam, func, select, update
+from sqlalchemy import Table, Update, bindparam, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -81,7 +81,7 @@ _SAVED = (
 @functools.cache
 def _save_stmt(extra: tuple[str, ...]) -> Update:
     """The progress UPDATE for a set of extra columns, guarded by ownership; bound as `p_<column>`."""
-    t = RotationJob.__table__
+    t = cast(Table, RotationJob.__table__)
     cols = (*_SAVED, "account_progress", "skipped_accounts", "heartbeat_at", "updated_at", *extra)
     return (
         update(t)
@@ -262,7 +262,7 @@ class RotationEngine:
             job = (
                 await s.execute(select(RotationJob).where(RotationJob.id == job_id).with_for_update())
             ).scalar_one_or_none()
-            self.check_resumable(job_id, job)
+            job = self.check_resumable(job_id, job)
             now = utcnow()
             job.status, job.owner, job.heartbeat_at, job.error, job.updated_at = "running", me, now, None, now
             job.started_at = job.started_at or now

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import anyio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Row, Select, delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -100,7 +100,7 @@ class LocalTransit(TransitBackend):
             self._reader = bind
         return self._reader
 
-    async def _read(self, stmt: Select[Any]) -> list[Row[Any]]:
+    async def _read(self, stmt: Select[Any, Any] | Select[Any, Any, Any, Any]) -> list[Any]:
         engine = self._reader_engine()
         keep = self._own_reader or engine.dialect.name == "postgresql"
         if not keep:
@@ -386,7 +386,8 @@ def _open_all(ciphertexts: Sequence[str], cfg: _Config, keys: dict[int, AESGCM])
         if ct.startswith(last):
             try:
                 raw = a2b(ct[cut:], strict_mode=True)
-                out.append(last_key.decrypt(raw[:_NONCE], raw[_NONCE:], None))  # type: ignore[union-attr]
+                assert last_key is not None
+                out.append(last_key.decrypt(raw[:_NONCE], raw[_NONCE:], None))
                 continue
             except Exception:  # noqa: S110 - the paths below report what is wrong
                 pass
