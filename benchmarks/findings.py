@@ -84,7 +84,14 @@ FINDINGS: dict[str, str] = {
         "Cause: see the scan growth row — the prefix-overlap check in `governance.scan_peers` is quadratic."
     ),
     "sqlitedriver": (
-        "This family decides which SQLite driver is the default, it does not judge fleet-mcp: a missed speed-up "
-        "target means the inline driver does not buy enough over aiosqlite to be kept (see the decision row)."
+        "This family decides the SQLite driver; it does not judge fleet-mcp. A missed speed-up means the inline "
+        "driver does not buy enough over aiosqlite to be kept by the rule. Over stdio the two are alike; over "
+        "streamable HTTP the inline driver is slower per call (also on the code before its move to public "
+        "SQLAlchemy API, and not from lock waits: no SQLITE_BUSY retry happens) — a suspected interplay of a "
+        "handler that never yields with the HTTP transport's writes, not yet profiled. The shipped default stays "
+        "inline until aiosqlite is safe to cancel: a cancelled statement on aiosqlite leaves its SQLite "
+        "transaction, and so the database's write lock, open until garbage collection "
+        "(tests/core/test_sqlite_inline.py::test_cancelled_bulk_statement_leaves_the_connection_usable"
+        "[aiosqlite] fails), while the inline driver interrupts and rolls back."
     ),
 }

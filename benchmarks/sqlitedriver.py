@@ -80,11 +80,17 @@ async def run(ctx: RunContext) -> None:
             with contextlib.suppress(Exception):
                 f.close()
     keep = bool(verdicts) and all(v is True for v in verdicts)
-    decision = "inline (every speed-up met)" if keep else "aiosqlite (the inline driver does not buy enough)"
-    ctx.facts["decision"] = decision
-    ctx.add("decision", f"decision: default SQLite driver = {decision}", None, "", note=(
-        f"the inline driver stays only if every speed-up row is {KEEP_INLINE[0]} {KEEP_INLINE[1]:g}; "
-        f"{sum(v is True for v in verdicts)} of {len(verdicts)} are"))
+    decision = "inline" if keep else "aiosqlite"
+    from fleet_mcp.settings import Settings
+
+    default = Settings.model_fields["sqlite_driver"].default
+    ctx.facts.update(decision_by_rule=decision, default_driver=default)
+    ctx.add("decision", f"decision by the {KEEP_INLINE[1]:g}× rule: {decision}; the shipped default is {default}",
+            None, "", met=None, note=(
+                f"the inline driver stays only if every speed-up row is {KEEP_INLINE[0]} {KEEP_INLINE[1]:g}; "
+                f"{sum(v is True for v in verdicts)} of {len(verdicts)} are"
+                + ("" if decision == default else
+                   "; the default differs from the rule's outcome: see the closing note")))
 
 
 def _report(ctx: RunContext, transport: str, res: dict[str, list[CallStats]], read_tool: str) -> list[bool | None]:

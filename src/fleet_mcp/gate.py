@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from fleet_mcp.app import App
+    from fleet_mcp.policy.model import ApprovalSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Verdict:
     rule: str
     reason: str
     decision: str  # the policy's word: auto_approve | require_approval | deny | permission
-    approval: Any = None
+    approval: ApprovalSpec | None = None
     permission: str | None = None
 
 
@@ -390,6 +391,7 @@ class Gate:
 
         summary = await self.summary(spec, caller, args)
         assert self.app.sessionmaker is not None
+        assert verdict.approval is not None  # a "queue" verdict carries its approval spec
         async with self.app.sessionmaker() as session, session.begin():
             req = await approvals.create_request(
                 session, self.app, tool=spec.name, caller=caller, arguments=args, rule=verdict.rule,

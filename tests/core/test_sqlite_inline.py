@@ -105,7 +105,13 @@ async def test_bulk_statements_return_everything(tmp_path: Path, driver: sqlite_
         await engine.dispose()
 
 
-@pytest.mark.parametrize("driver", sqlite_inline.DRIVERS)
+@pytest.mark.parametrize("driver", [
+    "inline",
+    pytest.param("aiosqlite", marks=pytest.mark.xfail(strict=True, raises=(OperationalError, sqlite3.OperationalError), reason=(
+        "aiosqlite: after a cancelled statement SQLAlchemy terminates the connection, aiosqlite stops its thread "
+        "without closing the sqlite3 connection, and the open transaction keeps SQLite's write lock until garbage "
+        "collection. Why the inline driver stays the default (docs/BENCHMARKS.md)."))),
+])
 async def test_cancelled_bulk_statement_leaves_the_connection_usable(tmp_path: Path,
                                                                      driver: sqlite_inline.Driver) -> None:
     url = sqlite_url(tmp_path)
