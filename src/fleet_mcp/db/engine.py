@@ -28,6 +28,7 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly
 
             sqlite_driver = Settings().sqlite_driver
         engine = create_async_engine(url, echo=echo, **sqlite_inline.engine_options(url, sqlite_driver))
+        sqlite_inline.remember(engine, sqlite_driver)
         _install_sqlite_pragmas(engine, readonly=readonly, busy_timeout_ms=sqlite_inline.busy_timeout_ms(sqlite_driver))
         return engine
     connect_args = {"server_settings": {"default_transaction_read_only": "on"}} if readonly else {}

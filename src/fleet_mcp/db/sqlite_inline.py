@@ -24,7 +24,8 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 Driver = Literal["inline", "aiosqlite"]
@@ -206,7 +207,20 @@ async def connect(database: str, *, timeout: float = 5.0, **kw: Any) -> Connecti
     return Connection(conn, timeout)
 
 
-def engine_options(url: str, driver: Driver) -> dict[str, Any]:
+#: The driver each SQLite engine was created with (`remember`), for engines opened beside it (`driver_of`).
+_DRIVERS: weakref.WeakKeyDictionary[Any, Driver] = weakref.WeakKeyDictionary()
+
+
+def remember(engine: AsyncEngine, driver: Driver) -> None:
+    _DRIVERS[engine.sync_engine] = driver
+
+
+def driver_of(engine: AsyncEngine) -> Driver:
+    """The driver an engine made by `fleet_mcp.db.engine.create_engine` runs on (aiosqlite for others)."""
+    return _DRIVERS.get(engine.sync_engine, "aiosqlite")
+
+
+def engine_options(url: str | URL, driver: Driver) -> dict[str, Any]:
     """Keyword arguments for `create_async_engine` of a `sqlite+aiosqlite://` URL on the chosen driver.
     Both run in autocommit mode (isolation_level=None): the engine opens transactions itself."""
     if driver == "aiosqlite":

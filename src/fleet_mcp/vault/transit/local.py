@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from fleet_mcp.db import sqlite_inline
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.errors import ExternalError, InvalidArgument, NotFound
 from fleet_mcp.vault.models import TransitKeyConfig, TransitKeyVersion
@@ -90,10 +91,7 @@ class LocalTransit(TransitBackend):
             # driver as the app's engine (which may run statements inline instead of on a thread per
             # connection); the driver's `timeout` covers a busy database.
             reader = create_async_engine(
-                url,
-                connect_args={"timeout": 30, "isolation_level": None},
-                pool_reset_on_return=None,
-                module=bind.dialect.loaded_dbapi,
+                url, pool_reset_on_return=None, **sqlite_inline.engine_options(url, sqlite_inline.driver_of(bind))
             )
             self._reader, self._own_reader = reader, True
         else:
