@@ -122,8 +122,9 @@ def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dic
         fs = [f for f in figures if f.family == fam]
         out += ["", f"## {meta['title']}", "", meta.get("description", ""), ""]
         fm = meta.get("machine")
-        if fm:
-            out += [f"Measured on {_machine_text(fm)}.", ""]
+        out += [f"Measured on {_machine_text(fm)}." if fm else
+                "The machine and commit were not recorded with this family's results (an older results file); "
+                "see the run's machine below.", ""]
         if meta.get("error"):
             out += [f"**This family failed in this run:** `{_md_escape(meta['error'])}`", ""]
         out += ["| Figure | Value | Floor (or *speed-up over*) | Ratio | Target | Result |",
