@@ -95,13 +95,16 @@ async def test_credential_tools_never_return_or_audit_the_secret(client, app) ->
 
 
 async def _wait_for_job(app, caller, job_id: int) -> dict:  # noqa: ANN001
+    """Wait for the background run the approval launched (its task, by name), then read the job's outcome."""
+    import asyncio
+
+    runs = [t for t in asyncio.all_tasks() if t.get_name() == f"rotation-job-{job_id}"]
+    assert len(runs) == 1, [t.get_name() for t in asyncio.all_tasks()]
     with anyio.fail_after(60):
-        while True:
-            out = await call_as(app, caller, "system_vault_get_rotation_job", {"job_id": job_id})
-            assert out.ok, out.message
-            if out.data["job"]["status"] not in ("pending", "running"):
-                return out.data["job"]
-            await anyio.sleep(0.05)
+        await runs[0]
+    out = await call_as(app, caller, "system_vault_get_rotation_job", {"job_id": job_id})
+    assert out.ok, out.message
+    return out.data["job"]
 
 
 async def test_rotation_finalize_trim_through_the_approval_queue(app) -> None:  # noqa: ANN001
