@@ -390,12 +390,14 @@ async def run(ctx: RunContext) -> None:
         try:
             reps = ctx.reps(1, 2)
             from fleet_mcp.settings import Settings
-            from fleet_mcp.vault.transit.vault import VaultTransit
+            from fleet_mcp.vault.transit.factory import build_transit
 
-            # The floor uses fleet-mcp's own shape: its batch size, chunk size and requests in flight.
-            page = Settings.model_fields["rotation_batch_size"].default
-            shape = VaultTransit(bao.addr, token=bao.token)
-            chunk, parallel = shape.batch_size, shape.parallel
+            # The floor uses fleet-mcp's own shape, read from the backend the app builds from the same
+            # settings: its page (batch) size, request chunk size and requests in flight.
+            app_settings = Settings(transit="vault", vault_addr=bao.addr, vault_token=bao.token)
+            shape: Any = build_transit(app_settings, None)  # type: ignore[arg-type]
+            page, chunk, parallel = app_settings.rotation_batch_size, shape.batch_size, shape.parallel
+            await shape.close()
             ctx.facts.update(vault_page=page, vault_chunk=chunk, vault_parallel=parallel)
             floor_times = await asyncio.to_thread(vault_floor, ctx.tmp, bao.client, n_bao, reps, page=page,
                                                   chunk=chunk, parallel=parallel)
