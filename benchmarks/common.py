@@ -295,7 +295,7 @@ class RunContext:
         if ratio is None and value is not None and floor:
             ratio = value / floor
         op, tv = target if target else (None, None)
-        if errors and op is not None:
+        if errors:  # judged missed, with or without a target
             met = False
             note = "; ".join(n for n in (f"{errors} error results: judged missed", note) if n)
         fig = Figure(

@@ -96,6 +96,7 @@ def test_a_row_with_error_results_is_judged_missed(tmp_path: Path) -> None:
     good = ctx.add("a", "fast but failing", 1.0, "s", floor=1.0, target=("<=", 1.5), errors=3)
     assert good.met is False and "3 error results" in good.note
     assert ctx.add("b", "fast", 1.0, "s", floor=1.0, target=("<=", 1.5)).met is True
+    assert ctx.add("c", "no target, failing", 1.0, "MiB", errors=1).met is False
 
 
 def test_report_shows_each_familys_machine_and_names_speed_ups(tmp_path: Path) -> None:
