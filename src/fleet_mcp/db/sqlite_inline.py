@@ -21,7 +21,7 @@ import functools
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy.engine import URL, make_url
@@ -53,6 +53,14 @@ class Cursor:
         assert conn._conn is not None
         self._cursor = conn._conn.cursor()
         conn._cursors.add(self._cursor)
+
+    def __await__(self) -> Generator[Any, None, Cursor]:
+        """`await conn.cursor()` works as on aiosqlite (SQLAlchemy 2.0's adapter awaits it; 2.1's does not)."""
+
+        async def itself() -> Cursor:
+            return self
+
+        return itself().__await__()
 
     async def __aenter__(self) -> Cursor:
         return self
