@@ -69,9 +69,11 @@ FINDINGS: dict[str, str] = {
     "rotation/pg.10000": _ROTATION_PG,
     "rotation/pg.100000": _ROTATION_PG,
     "rotation": (
-        "Cause: OpenBao's rewrap requests are the critical path for fleet-mcp and the floor alike (both send a "
-        "page's chunks side by side and rewrap the next page while the previous one commits); what remains is "
-        "fleet-mcp's per-batch bookkeeping (job progress, audit row) in the same transaction."
+        "The OpenBao floor now does what fleet-mcp does (its page size, its request chunks halved when OpenBao "
+        "finds them too complex, requests side by side, the next page rewrapped while the previous commits); "
+        "against it fleet-mcp is slower, which the earlier floor (one request at a time) hid. Not profiled yet "
+        "against the corrected floor: candidates are fleet-mcp's first oversized request per rotation (it starts "
+        "at the batch size and halves after a refusal) and its per-batch bookkeeping (job progress, audit row)."
     ),
     "federation/scan.growth": (
         "Cause (cProfile of a large scan): most of the time is in `governance._overlaps` — `scan_peers` compares "
