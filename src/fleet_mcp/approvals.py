@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +31,7 @@ async def _seal(session: AsyncSession, app: App, account_id: int, approval_id: s
     plaintext = json.dumps(audit._reveal(args.model_dump(mode="python")), default=str).encode()
     from fleet_mcp.vault import credentials as vault_credentials
 
+    assert app.transit is not None
     cred_id = await vault_credentials.seal(
         session, app.transit, account_id, f"approval:{approval_id}", "approval_arguments", plaintext
     )
@@ -40,6 +42,7 @@ async def _unseal(session: AsyncSession, app: App, sealed: str) -> dict[str, Any
     from fleet_mcp.vault import credentials as vault_credentials
 
     cred_id = int(sealed.split(":", 1)[1])
+    assert app.transit is not None
     return json.loads(await vault_credentials.unseal(session, app.transit, cred_id))
 
 
@@ -238,7 +241,7 @@ async def decide(
         .values(status="executing", decided_by=decider.qualified, reason=reason)
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if cast(CursorResult[Any], claimed).rowcount != 1:
         raise Conflict(f"approval request {approval_id} was decided concurrently", approval_id=approval_id)
     await session.refresh(req)
     return req, True

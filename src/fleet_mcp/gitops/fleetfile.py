@@ -170,8 +170,8 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
                     errors.append(
                         _with_line(f"{format_loc((section, name))}: invalid name: {problem}", (section, name), lines)
                     )
-    templates = doc.get("templates") if isinstance(doc.get("templates"), dict) else {}
-    modules = doc.get("modules") if isinstance(doc.get("modules"), dict) else {}
+    templates = doc["templates"] if isinstance(doc.get("templates"), dict) else {}
+    modules = doc["modules"] if isinstance(doc.get("modules"), dict) else {}
     assignments = doc.get("assignments")
     if isinstance(assignments, dict):
         for name in assignments:
@@ -201,8 +201,8 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
 
     resources: dict[str, dict[str, dict[str, Any]]] = {}
     for kind in KINDS:
-        section: dict[str, Any] = getattr(model, SECTION_BY_KIND[kind])
-        resources[kind] = {name: dump_attributes(spec) for name, spec in section.items()}
+        specs: dict[str, Any] = getattr(model, SECTION_BY_KIND[kind])
+        resources[kind] = {name: dump_attributes(spec) for name, spec in specs.items()}
     return DesiredState(resources=resources, fleet=dump_attributes(model.fleet) if model.fleet else None)
 
 
