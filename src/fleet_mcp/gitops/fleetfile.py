@@ -206,7 +206,7 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
     return DesiredState(resources=resources, fleet=dump_attributes(model.fleet) if model.fleet else None)
 
 
-def _with_line(line: str, loc: tuple[Any, ...], lines: Mapping[tuple[str, ...], int]) -> str:
+def _with_line(line: str, loc: tuple[Any, ...], lines: Mapping[tuple[str | int, ...], int]) -> str:
     for n in range(min(len(loc), 3), 0, -1):
         at = lines.get(tuple(str(p) for p in loc[:n]))
         if at is not None:
