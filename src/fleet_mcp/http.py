@@ -149,8 +149,10 @@ class OAuthResource:
 
         cfg = self.config
         if token is None:
+            # All the scopes this server uses, not only the read scope: clients register (RFC 7591) with the scope
+            # of their first challenge, and many authorization servers refuse a later step-up beyond it.
             await _refuse(send, 401, {"error": "unauthorized", "error_description": "a bearer token is required"},
-                          challenge(cfg, scope=cfg.read_scope or None))
+                          challenge(cfg, scope=" ".join(cfg.scopes_supported) or None))
             return
         try:
             verified = await self.verifier.verify(token)

@@ -41,6 +41,8 @@ USERS = {
                                                "preferred_username": "vera"}},
     # A valid user of the identity provider that the mapping cannot place in any fleet account.
     "nadia": {"password": "nadia-pw", "claims": {"groups": ["fleet-operators"], "preferred_username": "nadia"}},
+    "adam": {"password": "adam-pw", "claims": {"fleet_account": "acme", "groups": ["fleet-admins"],
+                                               "preferred_username": "adam"}},
     # Claims the preferred_username of a static-token principal: must never take it over.
     "mallory": {"password": "mallory-pw", "claims": {"fleet_account": "acme", "groups": ["fleet-admins"],
                                                      "preferred_username": "ci-bot"}},
