@@ -1,5 +1,5 @@
-"""One real identity provider and one real fleet-mcp HTTP server per test module (starting them is the slow
-part); each test uses its own users or tokens."""
+"""One real identity provider and one real fleet-mcp HTTP server for the OAuth tests (starting them is the slow
+part); each test uses its own users or tokens, so the order of tests does not matter."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Stack:
         return self.server.url + "/mcp"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_node()
     tmp = tmp_path_factory.mktemp("oauth")

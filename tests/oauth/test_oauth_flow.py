@@ -132,7 +132,7 @@ async def test_separation_of_duties_needs_another_subject(stack: Stack) -> None:
         approval_id = r.structured_content["approval_id"]
         r = await adam.call_tool("system_approvals_decide", {"approval_id": approval_id, "decision": "approve",
                                                              "reason": "self-approval must fail"})
-        assert r.is_error, r.content
+        assert r.is_error and "separation of duties" in r.structured_content["error"]["message"], r.content
     async with oauth_client(stack, "bob")[0] as bob:
         r = await bob.call_tool("system_approvals_decide", {"approval_id": approval_id, "decision": "approve",
                                                             "reason": "reviewed"})
