@@ -173,3 +173,13 @@ def test_a_subject_cannot_take_over_an_existing_principal_name(stack: Stack) -> 
     assert post_mcp(stack.server.url, stack.provider.token("alice")["access_token"]).status_code == 200
     r = post_mcp(stack.server.url, stack.provider.forge({"sub": "alice-impostor", "preferred_username": "alice"}))
     assert r.status_code == 403 and "belongs to someone else" in r.json()["error_description"]
+
+
+def test_hostile_values_never_split_the_challenge_header(stack: Stack) -> None:
+    """A refusal echoes the token's kid; CR/LF or quotes in it stay inside one quoted header value."""
+    hostile = 'x"\r\nSet-Cookie: pwned=1'
+    token = f"{_b64({'alg': 'ES256', 'kid': hostile})}.{_b64({'sub': 'a'})}.c2ln"
+    r = post_mcp(stack.server.url, token)
+    assert r.status_code == 401 and "set-cookie" not in r.headers
+    challenge = _challenge(r, stack)
+    assert "\r" not in challenge and "\n" not in challenge and '\\"' in challenge

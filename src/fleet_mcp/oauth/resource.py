@@ -29,7 +29,10 @@ def metadata_document(config: OAuthConfig) -> dict[str, Any]:
 
 
 def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    """A quoted-string for a header: printable ASCII only (reasons can echo a token's own values, and a CR/LF
+    from a forged `kid` must never split the header), quotes and backslashes escaped."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in value)
+    return printable.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def challenge(config: OAuthConfig, *, error: str | None = None, description: str | None = None,
