@@ -150,3 +150,20 @@ async def test_static_tokens_still_work_beside_oauth(stack: Stack) -> None:
         assert not r.is_error, r.content
         r = await c.call_tool("system_audit_query", {"tool": "system_put_template"})
         assert r.structured_content["entries"][0]["principal"] == "acme/ci-bot"
+
+
+def test_a_session_belongs_to_the_subject_that_opened_it(stack: Stack) -> None:
+    alice = stack.provider.token("alice")["access_token"]
+    r = post_mcp(stack.server.url, alice)
+    assert r.status_code == 200
+    session_id = r.headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "mcp-session-id": session_id, "mcp-protocol-version": "2025-11-25"}
+    bob = stack.provider.token("bob")["access_token"]
+    r = httpx2.post(stack.mcp_url, json=ping, headers={**headers, "Authorization": f"Bearer {bob}"}, timeout=30)
+    assert r.status_code == 404
+    # A fresh token of the same subject (as after a refresh) keeps the session.
+    again = stack.provider.token("alice")["access_token"]
+    r = httpx2.post(stack.mcp_url, json=ping, headers={**headers, "Authorization": f"Bearer {again}"}, timeout=30)
+    assert r.status_code == 200, r.text
