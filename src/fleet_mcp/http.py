@@ -146,6 +146,7 @@ class OAuthResource:
         from fleet_mcp.oauth.identities import resolve_caller
         from fleet_mcp.oauth.mapping import map_identity
         from fleet_mcp.oauth.resource import challenge, missing_scopes
+        from fleet_mcp.oauth.verifier import sdk_access_token
 
         cfg = self.config
         if token is None:
@@ -186,7 +187,7 @@ class OAuthResource:
         _remember(principals.token_digest(token), caller)
         # The SDK binds a stateful session to (client_id, issuer, subject): it survives a token refresh and
         # refuses anyone else's token.
-        scope["user"] = AuthenticatedUser(verified.access_token(token))
+        scope["user"] = AuthenticatedUser(sdk_access_token(verified, token))
         scope["auth"] = AuthCredentials(sorted(verified.scopes))
         await app(scope, receive, send)
 

@@ -171,3 +171,14 @@ async def test_first_use_binds_once_under_concurrency(sessionmaker, account) -> 
         (await session.execute(select(Principal).where(Principal.name == "alice@example.com"))).scalar_one().disabled = True
     with pytest.raises(IdentityRefused, match="disabled"):
         await resolve_caller(sessionmaker, sessionmaker, token, ident)
+
+
+def test_the_identity_side_imports_no_mcp_code() -> None:
+    """Claims mapping and principal binding are service code: they must not depend on the MCP SDK."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fleet_mcp.oauth.identities, fleet_mcp.oauth.mapping; "
+            "print([m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

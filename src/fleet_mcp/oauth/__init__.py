@@ -1,5 +1,6 @@
 """OAuth 2.1 for HTTP: fleet-mcp as a protected resource (RFC 9728) in front of any standard authorization server.
 
+    types       a verified token and the two refusals (no MCP imports: mapping and identities use them)
     config      the settings, checked once: issuer, canonical resource URI, algorithms, scopes, claim mapping
     jwks        the issuer's signing keys: fetched over HTTPS, cached, refreshed on an unknown `kid`, bounded
     verifier    a bearer token -> verified claims (JWT via joserfc, or RFC 7662 introspection), or a refusal
@@ -11,6 +12,6 @@ Static fleet tokens and OAuth access tokens both end in the same `principals.Cal
 """
 
 from fleet_mcp.oauth.config import OAuthConfig
-from fleet_mcp.oauth.verifier import IdentityRefused, TokenRefused, VerifiedToken
+from fleet_mcp.oauth.types import IdentityRefused, TokenRefused, VerifiedToken
 
 __all__ = ["IdentityRefused", "OAuthConfig", "TokenRefused", "VerifiedToken"]

@@ -14,7 +14,7 @@ from fleet_mcp.db.models import Account, Principal
 from fleet_mcp.errors import NotFound
 from fleet_mcp.oauth.mapping import MappedIdentity
 from fleet_mcp.oauth.models import OAuthIdentity
-from fleet_mcp.oauth.verifier import IdentityRefused, VerifiedToken
+from fleet_mcp.oauth.types import IdentityRefused, VerifiedToken
 from fleet_mcp.principals import Caller
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet_mcp.oauth.config import OAuthConfig
-from fleet_mcp.oauth.verifier import IdentityRefused, VerifiedToken
+from fleet_mcp.oauth.types import IdentityRefused, VerifiedToken
 
 #: Principal names from an identity provider may be e-mail addresses; still one line, bounded, lowercase.
 _OAUTH_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,119}$")

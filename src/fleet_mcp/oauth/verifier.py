@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
@@ -17,40 +16,21 @@ from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError, Miss
 from joserfc.jws import JWSRegistry
 from mcp.server.auth.provider import AccessToken
 
-from fleet_mcp.errors import ExternalError, PermissionDenied, Unauthenticated
+from fleet_mcp.errors import ExternalError
 from fleet_mcp.oauth.config import OAuthConfig, canonical_resource
 from fleet_mcp.oauth.jwks import JwksCache, fetch_json
+from fleet_mcp.oauth.types import IdentityRefused, TokenRefused, VerifiedToken
+
+__all__ = ["FleetTokenVerifier", "IdentityRefused", "TokenRefused", "VerifiedToken", "sdk_access_token"]
 
 MAX_TOKEN_BYTES = 16 * 1024
 
 
-class TokenRefused(Unauthenticated):
-    """The token is not a valid access token for this resource (HTTP 401, error="invalid_token")."""
-
-    code = "invalid_token"
-
-
-class IdentityRefused(PermissionDenied):
-    """The token is valid but maps to no usable fleet identity (HTTP 403)."""
-
-    code = "access_denied"
-
-
-@dataclass(frozen=True)
-class VerifiedToken:
-    issuer: str
-    subject: str
-    client_id: str
-    scopes: frozenset[str]
-    expires_at: int | None
-    claims: dict[str, Any] = field(repr=False)
-    via: str = "jwt"  # "jwt" | "introspection"
-
-    def access_token(self, token: str) -> AccessToken:
-        """The SDK's view of this token (session ownership keys on client_id, iss and sub)."""
-        return AccessToken(token=token, client_id=self.client_id, scopes=sorted(self.scopes),
-                           expires_at=self.expires_at, subject=self.subject, claims={"iss": self.issuer},
-                           resource=None)
+def sdk_access_token(verified: VerifiedToken, token: str) -> AccessToken:
+    """The SDK's view of a verified token (session ownership keys on client_id, iss and sub)."""
+    return AccessToken(token=token, client_id=verified.client_id, scopes=sorted(verified.scopes),
+                       expires_at=verified.expires_at, subject=verified.subject, claims={"iss": verified.issuer},
+                       resource=None)
 
 
 def _b64json(part: str) -> Any:
@@ -91,7 +71,7 @@ class FleetTokenVerifier:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
-            return (await self.verify(token)).access_token(token)
+            return sdk_access_token(await self.verify(token), token)
         except (TokenRefused, ExternalError):
             return None
 
