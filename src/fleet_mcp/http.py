@@ -7,29 +7,26 @@ database) and, when an issuer is configured, OAuth access tokens from the organi
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleet_mcp import __version__, principals
 from fleet_mcp.app import App
-from fleet_mcp.errors import ExternalError, Unauthenticated
-from fleet_mcp.oauth import IdentityRefused, OAuthConfig, TokenRefused
+from fleet_mcp.errors import Unauthenticated
+from fleet_mcp.oauth import OAuthConfig
+from fleet_mcp.oauth.guard import OAuthGuard
 from fleet_mcp.principals import TOKEN_PREFIX, Caller, RevokedToken
-
-log = logging.getLogger(__name__)
 
 # Authenticated callers by token digest, refreshed by the middleware on every request (so a revoked
 # token stops at the next request); tools read the caller of their own request's header from here.
 # Bounded, least recently authenticated first out: OAuth access tokens are short-lived and many.
 _CALLERS: dict[str, Caller] = {}
 _MAX_CALLERS = 10_000
-MAX_BODY = 4 * 1024 * 1024  # the SDK's own limit; a larger body is refused downstream
 
 
 def _remember(digest: str, caller: Caller) -> None:
@@ -59,7 +56,7 @@ def caller_from_headers(headers: Mapping[str, str]) -> Caller:
 class BearerAuth:
     """ASGI middleware in front of /mcp: every request carries a valid, unrevoked token."""
 
-    def __init__(self, app: ASGIApp, fleet: App, oauth: OAuthResource | None = None) -> None:
+    def __init__(self, app: ASGIApp, fleet: App, oauth: OAuthGuard | None = None) -> None:
         self.app = app
         self.fleet = fleet
         self.oauth = oauth
@@ -87,109 +84,13 @@ class BearerAuth:
                 status, body = 403, {"error": "forbidden", "error_description": "this bearer token was revoked"}
             except Unauthenticated:
                 body = {"error": "invalid_token", "error_description": "unknown bearer token"}
-        await _refuse(send, status, body, f'Bearer error="{body["error"]}"')
-
-
-async def _refuse(send: Send, status: int, body: dict[str, str], www_authenticate: str | None) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    if www_authenticate:
-        headers.append((b"www-authenticate", www_authenticate.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
-    """Read the request body (up to MAX_BODY + 1 bytes) and a `receive` that replays it."""
-    chunks: list[bytes] = []
-    size, more = 0, True
-    while more and size <= MAX_BODY:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        more = message.get("more_body", False)
-    body = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": more}
-        return await receive()
-
-    return body, replay
-
-
-class OAuthResource:
-    """The OAuth half of the bearer check: verify, check scopes, map claims, resolve the principal."""
-
-    def __init__(self, fleet: App, config: OAuthConfig) -> None:
-        from fleet_mcp.oauth.verifier import FleetTokenVerifier
-        from fleet_mcp.registry import load_tools
-
-        self.fleet = fleet
-        self.config = config
-        self.verifier = FleetTokenVerifier(config)
-        self.read_only = {name: spec.read_only for name, spec in load_tools().items()}
-
-    async def close(self) -> None:
-        await self.verifier.close()
-
-    async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, token: str | None) -> None:
-        from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-        from starlette.authentication import AuthCredentials
-
-        from fleet_mcp.oauth.identities import resolve_caller
-        from fleet_mcp.oauth.mapping import map_identity
-        from fleet_mcp.oauth.resource import challenge, missing_scopes
-        from fleet_mcp.oauth.verifier import sdk_access_token
-
-        cfg = self.config
-        if token is None:
-            # All the scopes this server uses, not only the read scope: clients register (RFC 7591) with the scope
-            # of their first challenge, and many authorization servers refuse a later step-up beyond it.
-            await _refuse(send, 401, {"error": "unauthorized", "error_description": "a bearer token is required"},
-                          challenge(cfg, scope=" ".join(cfg.scopes_supported) or None))
-            return
-        try:
-            verified = await self.verifier.verify(token)
-        except TokenRefused as exc:
-            await _refuse(send, 401, {"error": "invalid_token", "error_description": exc.message},
-                          challenge(cfg, error="invalid_token", description=exc.message))
-            return
-        except ExternalError as exc:
-            log.warning("OAuth token check unavailable: %s", exc.message)
-            await _refuse(send, 503, {"error": "temporarily_unavailable",
-                                      "error_description": "the identity provider's keys could not be fetched"}, None)
-            return
-        body: bytes | None = None
-        if scope.get("method") == "POST":
-            body, receive = await _buffer_body(receive)
-        missing = missing_scopes(cfg, verified.scopes, body, self.read_only)
-        if missing:
-            needed = " ".join(s for s in cfg.scopes_supported if s in verified.scopes or s in missing)
-            description = f"this request needs scope {' '.join(missing)}"
-            await _refuse(send, 403, {"error": "insufficient_scope", "error_description": description},
-                          challenge(cfg, error="insufficient_scope", description=description, scope=needed))
-            return
-        assert self.fleet.read_sessionmaker is not None and self.fleet.sessionmaker is not None
-        try:
-            ident = map_identity(verified, cfg, self.fleet.policy.current.role_table())
-            caller = await resolve_caller(self.fleet.read_sessionmaker, self.fleet.sessionmaker, verified, ident)
-        except IdentityRefused as exc:
-            await _refuse(send, 403, {"error": "access_denied", "error_description": exc.message},
-                          challenge(cfg, error="access_denied", description=exc.message))
-            return
-        _remember(principals.token_digest(token), caller)
-        # The SDK binds a stateful session to (client_id, issuer, subject): it survives a token refresh and
-        # refuses anyone else's token.
-        scope["user"] = AuthenticatedUser(sdk_access_token(verified, token))
-        scope["auth"] = AuthCredentials(sorted(verified.scopes))
-        await app(scope, receive, send)
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"www-authenticate", f'Bearer error="{body["error"]}"'.encode()),
+            (b"content-length", str(len(payload)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 def security_settings(fleet: App, host: str, port: int) -> TransportSecuritySettings:
@@ -227,7 +128,7 @@ def build_http_app(
             return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
 
     config = OAuthConfig.from_settings(fleet.settings)
-    oauth = OAuthResource(fleet, config) if config is not None else None
+    oauth = OAuthGuard(fleet, config, _remember) if config is not None else None
     if config is not None:
         from fleet_mcp.oauth.resource import metadata_document
 

@@ -7,6 +7,8 @@
     mapping     verified claims -> account, principal name and roles (roles live in the token, never stored)
     identities  (issuer, subject, account) -> a principal, created on first use with its audit row
     resource    the HTTP side: metadata document, WWW-Authenticate challenges, the scope a request needs
+    guard       the ASGI step in front of /mcp that puts these together (called by `fleet_mcp.http`)
+    check       `fleet-mcp auth check`
 
 Static fleet tokens and OAuth access tokens both end in the same `principals.Caller`.
 """

@@ -47,6 +47,8 @@ async def _bind(session: AsyncSession, token: VerifiedToken, ident: MappedIdenti
     taken = (await session.execute(select(Principal.id).where(Principal.account_id == acct.id,
                                                               Principal.name == ident.name))).first()
     if taken is not None:
+        if await _bound(session, token, ident.account) is not None:
+            return  # a concurrent first request of this same subject committed the binding a moment ago
         raise IdentityRefused(
             f"principal {ident.account}/{ident.name} already exists and belongs to someone else",
             hint="names are never taken over; map this subject to another name (FLEET_MCP_OAUTH_NAME_CLAIMS)")
