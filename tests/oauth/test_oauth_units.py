@@ -140,6 +140,8 @@ async def test_issuer_unreachable_is_an_outage_not_a_refusal() -> None:
         assert await verifier.verify_token(token) is None  # the SDK protocol: None, never an exception
         with pytest.raises(TokenRefused, match="not a JWT"):
             await verifier.verify("opaque-but-no-introspection")
+        with pytest.raises(TokenRefused, match="too large"):  # before any parsing (uvicorn caps headers anyway)
+            await verifier.verify("a" * 20_000 + ".b.c")
     finally:
         await verifier.close()
 
