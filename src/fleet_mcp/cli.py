@@ -72,6 +72,10 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
     if toolsets and (unknown := toolsets - set(TOOLSETS)):
         print(f"unknown toolsets: {', '.join(sorted(unknown))}; known: {', '.join(TOOLSETS)}", file=sys.stderr)
         return 2
+    if ns.transport == "http":
+        from fleet_mcp.oauth.config import OAuthConfig
+
+        OAuthConfig.from_settings(settings)  # a broken OAuth setting stops here, with its name, before anything starts
     app = App(settings)
 
     async def main() -> None:

@@ -184,3 +184,13 @@ def test_the_identity_side_imports_no_mcp_code() -> None:
             "print([m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_serve_refuses_unsafe_oauth_settings_with_one_clear_line(tmp_path) -> None:  # noqa: ANN001
+    from tests.conftest import cli_env, run_cli
+
+    env = cli_env(tmp_path / "data", f"sqlite+aiosqlite:///{tmp_path / 'f.db'}",
+                  FLEET_MCP_OAUTH_ISSUER="http://id.example.com", FLEET_MCP_OAUTH_RESOURCE="https://fleet.example/mcp")
+    out = run_cli(env, "serve", "--transport", "http", "--port", "1", check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "error: FLEET_MCP_OAUTH_ISSUER must be an https:// URL" in out.stderr
