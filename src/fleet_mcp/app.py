@@ -14,6 +14,7 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fleet_mcp import audit, principals
+from fleet_mcp.admission import Admission
 from fleet_mcp.db import migrate
 from fleet_mcp.db.engine import create_engine, is_sqlite, make_sessionmaker
 from fleet_mcp.db.uow import UnitOfWork, WriteLock, unit_of_work
@@ -49,6 +50,12 @@ class App:
         self._gate: Gate | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._request_state_keys: list[bytes] | None = None
+        #: Set when `serve --federation-listen` runs this instance's federation endpoint (identity, URL).
+        self.federation_identity: Any = None
+        self.federation_endpoint: str | None = None
+        #: Bounded concurrency per process and per principal (excess refused as busy).
+        self.admission = Admission(per_process=settings.max_concurrent_calls,
+                                   per_principal=settings.max_concurrent_calls_per_principal)
         self._started = False
 
     @property
@@ -100,6 +107,8 @@ class App:
         s = self.settings
         url = s.effective_database_url
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
+        # Keyed argument digests (identity/audit helper): one key per deployment, before any call.
+        audit.set_digest_key(await anyio.to_thread.run_sync(audit.digest_key_for, s))
         self.engine = create_engine(url, write_lock=self.write_lock)
         self.sessionmaker = make_sessionmaker(self.engine)
         self._read_engine = create_engine(url, readonly=True)

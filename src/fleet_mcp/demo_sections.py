@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fleet_mcp.federation.demo import federation_section
+from fleet_mcp.demo_federation import federation_section
 from fleet_mcp.gitops.demo import gitops_section
 from fleet_mcp.vault.demo import vault_section
 

@@ -8,14 +8,23 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from fleet_mcp import audit
 from fleet_mcp.context import ProgressFn, ToolContext
-from fleet_mcp.errors import Conflict, FleetError, InvalidArgument
+from fleet_mcp.errors import (
+    UNAVAILABLE_HINT,
+    Busy,
+    Conflict,
+    FleetError,
+    InvalidArgument,
+    Unavailable,
+    database_unreachable,
+    value_out_of_range,
+)
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
 from fleet_mcp.schema_marks import split_secrets
@@ -45,7 +54,6 @@ class CallOutcome:
     ok: bool
     data: dict[str, Any]
     message: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         if self.ok:
@@ -164,6 +172,12 @@ class ApprovalSteps:
 def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
     """The result and audit outcome of a handler that raised: a domain error says what to do; anything
     else is a bug, reported by reference with details only in the log."""
+    if not isinstance(exc, FleetError) and value_out_of_range(exc):
+        exc = InvalidArgument("a number in the arguments is out of range for what it names (ids and counts are "
+                              "32-bit)", hint="check the ids: list them with the matching list tool")
+    if not isinstance(exc, FleetError) and database_unreachable(exc):
+        exc = Unavailable(f"the database could not be reached during {spec.name}; nothing was changed",
+                          hint=UNAVAILABLE_HINT)
     if isinstance(exc, FleetError):
         err = exc.to_dict()
         return CallOutcome(False, {"status": "error", "error": err}, str(exc)), "error", {"call_id": call_id,
@@ -242,7 +256,7 @@ class Gate:
             f"Approve {spec.name} ({spec.title})?",
             f"Policy rule: {verdict.rule}.",
             f"Arguments: {json.dumps(masked, sort_keys=True, default=str)}",
-            f"Arguments digest: {audit.arguments_digest(args.model_dump(mode='python'))[:16]}",
+            f"Arguments digest: {audit.short_digest(audit.arguments_digest(args.model_dump(mode='python')))}",
         ]
         if summary:
             lines.append(f"Effect: {summary}")
@@ -250,12 +264,27 @@ class Gate:
 
     # -- the call --------------------------------------------------------------------------------
     async def call(self, spec: ToolSpec, caller: Caller, raw_args: dict[str, Any], **kw: Any) -> CallOutcome:
-        """Run one call through the gate; nothing unexpected ever escapes as a traceback."""
+        """Run one call through the gate; nothing unexpected ever escapes as a traceback. A process or
+        principal at its concurrency limit is answered busy at once (with its audit row)."""
+        t0 = time.perf_counter()
         try:
-            return await self._call(spec, caller, raw_args, **kw)
+            with self.app.admission.admit(caller.qualified):
+                return await self._call(spec, caller, raw_args, **kw)
+        except Busy as exc:
+            if exc.subject.get("retry_after") is None:
+                return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
+            await self._audit_only(spec, caller, raw_args, t0, decision="busy", outcome="busy",
+                                   detail={"error": exc.message})
+            return CallOutcome(False, {"status": "busy", "retry_after": exc.subject["retry_after"],
+                                       "error": exc.to_dict()}, f"{exc.message}; {exc.hint}. Nothing was run.")
         except FleetError as exc:
             return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
-        except Exception:
+        except Exception as exc:
+            if database_unreachable(exc):
+                err = Unavailable(f"the database could not be reached during {spec.name}; nothing was changed",
+                                  hint=UNAVAILABLE_HINT)
+                log.warning("database unreachable during %s: %s", spec.name, type(exc).__name__)
+                return CallOutcome(False, {"status": "error", "error": err.to_dict()}, str(err))
             ref = uuid.uuid4().hex[:12]
             log.exception("internal error in the gate for %s (reference %s)", spec.name, ref)
             return CallOutcome(False, {"status": "error", "error": {"code": "internal", "reference": ref}},
@@ -513,7 +542,7 @@ class Gate:
             return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
         reason = ""
         verdict = self.evaluate(spec, requester, args, can_elicit=False)
-        if audit.arguments_digest(args.model_dump(mode="python")) != req.args_digest:
+        if not audit.digest_matches(args.model_dump(mode="python"), req.args_digest):
             reason = "the stored arguments do not match the approved digest"
         elif verdict.action == "deny":
             reason = (f"the requester no longer has permission {verdict.permission}" if verdict.permission

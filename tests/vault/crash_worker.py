@@ -1,13 +1,16 @@
-"""Crash-test worker: start (or resume) a pepper rotation on a SQLite file, printing a line after every
-committed step. The test kills this process with SIGKILL at random points.
+"""Crash-test worker: start (or resume) a pepper rotation on a SQLite file.
 
-usage: python crash_worker.py DB_FILE MASTER_KEY_FILE BATCH_SIZE [SELF_KILL_AT_STEP]
+It reports on stdout: `P done total message` after every committed step (the job's progress callback),
+and `E name` at each of the engine's named checkpoints (after-intent, after-claim, after-rotate,
+after-rotation-recorded, before-batch-commit-N, after-batch-N, after-account-NAME, before-end). After an
+`E` line it stops until the test answers on stdin: a line to go on, or SIGKILL. The kill point is
+therefore an event the worker reached, never a moment on a clock.
+
+usage: python crash_worker.py DB_FILE MASTER_KEY_FILE BATCH_SIZE
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
 import anyio
@@ -20,20 +23,21 @@ from fleet_mcp.vault.transit import load_or_create_master_key
 from fleet_mcp.vault.transit.local import LocalTransit
 
 
-async def main(db: str, key_file: str, batch: int, self_kill_at: int | None) -> None:
+async def main(db: str, key_file: str, batch: int) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{db}")
     sm = make_sessionmaker(engine)
     transit = LocalTransit(sm, load_or_create_master_key(key_file))
-    steps = 0
 
     async def progress(done: int, total: int, message: str) -> None:
-        nonlocal steps
-        steps += 1
         print(f"P {done} {total} {message}", flush=True)
-        if self_kill_at is not None and steps == self_kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)  # right after a commit
 
-    rotation = RotationEngine(sm, transit, batch_size=batch)
+    async def checkpoint(name: str) -> None:
+        print(f"E {name}", flush=True)
+        # Block the whole process (on purpose: nothing runs on) until the test says go, or kills us.
+        if not sys.stdin.readline():
+            raise SystemExit("the test closed stdin")
+
+    rotation = RotationEngine(sm, transit, batch_size=batch, checkpoint=checkpoint)
     async with sm() as s:
         job_id = (await s.execute(select(RotationJob.id).where(RotationJob.status.in_(JOB_ACTIVE)))).scalar()
     if job_id is None:
@@ -46,5 +50,4 @@ async def main(db: str, key_file: str, batch: int, self_kill_at: int | None) -> 
 
 
 if __name__ == "__main__":
-    kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
-    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), kill_at)
+    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))

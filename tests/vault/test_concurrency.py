@@ -81,14 +81,14 @@ class WriterDuringRewrap(TransitBackend):
                 )
         return out
 
-    async def ensure_key(self):  # noqa: ANN201
-        return await self.inner.ensure_key()
+    async def ensure_key(self, *, session=None):  # noqa: ANN001, ANN201
+        return await self.inner.ensure_key(session=session)
 
-    async def read_key(self):  # noqa: ANN201
-        return await self.inner.read_key()
+    async def read_key(self, *, session=None):  # noqa: ANN001, ANN201
+        return await self.inner.read_key(session=session)
 
-    async def rotate(self) -> int:
-        return await self.inner.rotate()
+    async def rotate(self, *, session=None) -> int:  # noqa: ANN001
+        return await self.inner.rotate(session=session)
 
     async def encrypt_batch(self, plaintexts):  # noqa: ANN001, ANN201
         return await self.inner.encrypt_batch(plaintexts)

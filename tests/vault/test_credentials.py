@@ -14,6 +14,7 @@ from fleet_mcp.federation.keys import KeySealer
 from fleet_mcp.vault.credentials import CredentialKeySealer, CredentialStore
 from fleet_mcp.vault.models import Credential
 from fleet_mcp.vault.transit import TransitBackend, ciphertext_version
+from tests.vault.vault_helpers import rotate_key
 
 pytestmark = pytest.mark.anyio
 SECRET = "s3cr3t-hunter2-🔑"
@@ -39,7 +40,7 @@ async def test_store_is_write_only_and_upserts(sessionmaker, transit: TransitBac
         assert SECRET.encode() not in row.ciphertext.encode() and SECRET not in repr(row)
         assert await store.get_plaintext(s, account.id, "github") == SECRET.encode()
 
-    await transit.rotate()
+    await rotate_key(transit)
     async with sessionmaker() as s, s.begin():
         second = await store.store(
             s,

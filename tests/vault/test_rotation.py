@@ -12,7 +12,7 @@ from fleet_mcp import audit
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry
 from fleet_mcp.errors import Busy, Conflict, InvalidArgument
-from fleet_mcp.vault import rotation
+from fleet_mcp.vault import lease, rotation
 from fleet_mcp.vault.credentials import CredentialStore
 from fleet_mcp.vault.models import Credential, RotationFailure, RotationJob
 from fleet_mcp.vault.rotation import RotationEngine
@@ -199,8 +199,8 @@ async def test_running_job_of_a_live_process_is_not_taken_over(sessionmaker, loc
 
     engine = RotationEngine(sessionmaker, local_transit)
     job = await engine.start(started_by="x", run=False)
-    live_owner = f"{rotation._HOST}:{os.getppid()}:feedface"
-    dead_owner = f"{rotation._HOST}:999999999:feedface"
+    live_owner = f"{lease._HOST}:{os.getppid()}:feedface"
+    dead_owner = f"{lease._HOST}:999999999:feedface"
     async with sessionmaker() as s, s.begin():
         await s.execute(
             update(RotationJob)
@@ -261,3 +261,26 @@ async def test_failed_batch_commit_pauses_with_only_committed_progress(
     assert await plaintexts_of(sm, local_transit, other_account.id) == b
     async with sm() as s:
         assert (await audit.verify(s)).ok
+
+
+async def test_trim_refuses_while_anything_old_remains(sessionmaker, transit, account) -> None:  # noqa: ANN001
+    """Trim is the one irreversible step: refused while a stored row is below the trim point (here a row put
+    back from a restore after finalize) and while a declared backup needs an older version."""
+    sm = sessionmaker
+    await seed(sm, transit, account.id, 6)
+    old_row = (await rows_of(sm, account.id))[0]
+    job = await RotationEngine(sm, transit, batch_size=4).start(started_by="ops")
+    assert job.status == "completed"
+    assert not (await finalize_now(sm, transit)).refused
+    async with sm() as s, s.begin():  # a row restored from an old backup, still on v1
+        s.add(Credential(account_id=account.id, name="restored", kind="generic", ciphertext=old_row.ciphertext,
+                         key_version=1, meta={}))
+    with pytest.raises(Conflict, match="1 stored ciphertexts are below v2"):
+        await trim_now(sm, transit)
+    async with sm() as s, s.begin():
+        await CredentialStore(transit).delete(s, account_id=account.id, name="restored")
+    with pytest.raises(Conflict, match="a declared backup still needs key version v1"):
+        await trim_now(sm, transit, backup_min_version=1)
+    assert (await transit.read_key()).min_available_version == 0  # nothing was deleted
+    trimmed = await trim_now(sm, transit, backup_min_version=2)
+    assert trimmed.deleted_versions == [1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anyio
 import pytest
 from sqlalchemy import select
 
@@ -95,13 +94,14 @@ async def test_credential_tools_never_return_or_audit_the_secret(client, app) ->
 
 
 async def _wait_for_job(app, caller, job_id: int) -> dict:  # noqa: ANN001
-    with anyio.fail_after(60):
-        while True:
-            out = await call_as(app, caller, "system_vault_get_rotation_job", {"job_id": job_id})
-            assert out.ok, out.message
-            if out.data["job"]["status"] not in ("pending", "running"):
-                return out.data["job"]
-            await anyio.sleep(0.05)
+    """The job's record once its run, launched in this process after the call committed, has ended."""
+    from fleet_mcp.vault.rotation import wait_for_launched
+
+    await wait_for_launched(job_id)
+    out = await call_as(app, caller, "system_vault_get_rotation_job", {"job_id": job_id})
+    assert out.ok, out.message
+    assert out.data["job"]["status"] not in ("pending", "running"), out.data
+    return out.data["job"]
 
 
 async def test_rotation_finalize_trim_through_the_approval_queue(app) -> None:  # noqa: ANN001
@@ -236,3 +236,96 @@ async def test_server_start_resumes_interrupted_rotations(app) -> None:  # noqa:
     done = await call_as(app, ops, "system_vault_get_rotation_job", {"job_id": job.id})
     assert done.data["job"]["status"] == "completed" and done.data["job"]["rewrapped"] == 4
     assert await vault_jobs.resume_rotations(app) == 0  # nothing left
+
+
+async def test_vault_metadata_is_scoped_to_the_callers_account(app) -> None:  # noqa: ANN001
+    """A viewer (or operator) of one account sees its own account's vault metadata only: pepper counts,
+    verify, rotation job progress and failures, who started it. system.credentials.read_all (admin) sees all."""
+    from sqlalchemy import update
+
+    from fleet_mcp.db.models import FleetEvent
+    from fleet_mcp.vault.rotation import RotationEngine
+
+    adam = await make_caller(app, "acme", "adam", ("admin",))
+    olga = await make_caller(app, "globex", "olga", ("operator",))
+    vera = await make_caller(app, "globex", "vera", ("viewer",))
+    for caller, names in ((adam, ["acme-db", "acme-ci", "acme-broken"]), (olga, ["globex-git"])):
+        for name in names:
+            out = await call_as(
+                app, caller, "system_vault_store_credential", {"name": name, "kind": "token", "secret": f"{SECRET}{name}"}
+            )
+            assert out.ok, out.message
+    async with app.sessionmaker() as s, s.begin():  # a damaged ciphertext: the rotation records a failure
+        await s.execute(update(Credential).where(Credential.name == "acme-broken").values(ciphertext="vault:v1:AAAA"))
+    job = await RotationEngine(app, app.transit, batch_size=2).start(started_by="acme/adam")
+    assert job.status == "completed_with_failures"
+
+    denied = await call_as(app, vera, "system_vault_verify_credentials", {"account": "acme"})
+    assert not denied.ok and "system.credentials.read_all" in denied.message
+    own = await call_as(app, vera, "system_vault_verify_credentials", {})
+    assert (own.data["checked"], own.data["failed"]) == (1, 0)
+    everyone = await call_as(app, adam, "system_vault_verify_credentials", {})
+    assert (everyone.data["checked"], everyone.data["failed"]) == (4, 1)
+
+    for viewer in (vera, olga):
+        status = await call_as(app, viewer, "system_vault_get_pepper_status", {})
+        assert status.ok, status.message
+        assert status.data["ciphertexts_by_version"] == {"2": 1} and status.data["accounts_by_version"] == {"2": 1}
+        assert status.data["total_ciphertexts"] == 1
+        seen = await call_as(app, viewer, "system_vault_get_rotation_job", {"job_id": job.id})
+        assert seen.ok, seen.message
+        j = seen.data["job"]
+        assert [a["name"] for a in j["accounts"]] == ["globex"]
+        assert (j["total"], j["rewrapped"], j["failed"], j["errors"]) == (1, 1, 0, [])
+        assert j["started_by"] == "(another account)"
+        assert "acme" not in json.dumps(seen.data)
+
+    full = await call_as(app, adam, "system_vault_get_rotation_job", {"job_id": job.id})
+    j = full.data["job"]
+    assert sorted(a["name"] for a in j["accounts"]) == ["acme", "globex"] and j["started_by"] == "acme/adam"
+    assert [e["name"] for e in j["errors"]] == ["acme-broken"] and (j["total"], j["failed"]) == (4, 1)
+    admin_status = await call_as(app, adam, "system_vault_get_pepper_status", {})
+    assert admin_status.data["total_ciphertexts"] == 4
+
+    # The end-of-job event goes to every account: it carries no counts or names.
+    async with app.sessionmaker() as s:
+        payloads = (
+            await s.execute(select(FleetEvent.payload).where(FleetEvent.kind.like("vault.rotation_%")))
+        ).scalars().all()
+    assert payloads and all(set(p) <= {"job_id", "status", "to_version", "error"} for p in payloads)
+
+
+async def test_rotation_runs_only_after_the_call_committed(app, tmp_path: Path) -> None:  # noqa: ANN001
+    """The rotate call plans the job (pending, with its intent) in its own unit of work; the job's steps run
+    after that commit, each committing on its own: while the job reports progress, the call's audit row and
+    the planned job are already committed and visible to any other session."""
+    from fleet_mcp.policy.watcher import PolicyHolder
+    from fleet_mcp.registry import catalog
+    from fleet_mcp.vault.models import RotationJob
+
+    policy = tmp_path / "allow-all.yaml"
+    policy.write_text("version: 1\ndefault: deny\nrules:\n  - name: all\n    match: {}\n    decision: auto_approve\n")
+    app.policy = PolicyHolder(policy, catalog())
+    ops = await make_caller(app, "acme", "ops", ("admin",))
+    for i in range(3):
+        assert (await call_as(app, ops, "system_vault_store_credential",
+                              {"name": f"o{i}", "kind": "token", "secret": f"v{i}"})).ok
+    seen: list[tuple[int, int | None, list[str]]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        async with app.read_sessionmaker() as s:
+            job = (await s.execute(select(RotationJob))).scalar_one()
+            calls = (
+                await s.execute(
+                    select(AuditEntry.outcome).where(
+                        AuditEntry.tool == "system_rotate_vault_transit_pepper", AuditEntry.decision != "background"
+                    )
+                )
+            ).scalars().all()
+        seen.append((job.target_version, job.to_version, list(calls)))
+
+    r = await call_as(app, ops, "system_rotate_vault_transit_pepper", {"wait": True, "batch_size": 2},
+                      progress=on_progress)
+    assert r.ok and r.data["waited"] and r.data["job"]["status"] == "completed", r.message
+    assert seen and all(target == 2 and calls == ["ok"] for target, _, calls in seen)
+    assert seen[0][1] == 2  # the first report comes after the rotation was recorded

@@ -14,6 +14,7 @@ from fleet_mcp.vault.transit import (
     TransitItemError,
     ciphertext_version,
 )
+from tests.vault.vault_helpers import rotate_key, set_min, trim_key
 
 pytestmark = pytest.mark.anyio
 
@@ -61,7 +62,7 @@ async def test_roundtrip_format_and_randomized(contract_transit: TransitBackend)
 async def test_rotate_rewrap_and_rewrap_is_not_byte_idempotent(contract_transit: TransitBackend) -> None:
     t = contract_transit
     v1 = await t.encrypt_batch([b"a", b"b"])
-    assert await t.rotate() == 2
+    assert await rotate_key(t) == 2
     info = await t.read_key()
     assert info.latest_version == 2 and info.versions == [1, 2]
     assert ciphertext_version(await t.encrypt(b"c")) == 2
@@ -115,12 +116,12 @@ async def test_batch_items_fail_alone(contract_transit: TransitBackend) -> None:
 async def test_min_decryption_version_rules(contract_transit: TransitBackend) -> None:
     t = contract_transit
     old = await t.encrypt(b"old")
-    await t.rotate()
+    await rotate_key(t)
     with pytest.raises(InvalidArgument, match="latest key version is 2"):
-        await t.set_min_versions(min_decryption=3)
+        await set_min(t, min_decryption=3)
     with pytest.raises(InvalidArgument, match="negative"):
-        await t.set_min_versions(min_decryption=-1)
-    info = await t.set_min_versions(min_decryption=2)
+        await set_min(t, min_decryption=-1)
+    info = await set_min(t, min_decryption=2)
     assert info.min_decryption_version == 2 and info.versions == [2]
     [res] = await t.decrypt_batch([old])
     assert isinstance(res, TransitItemError) and res.too_old
@@ -130,44 +131,44 @@ async def test_min_decryption_version_rules(contract_transit: TransitBackend) ->
     with pytest.raises(CiphertextRejected, match="too old"):
         await t.decrypt(old)
     # Before a trim the old version still exists: lowering the minimum makes it readable again.
-    await t.set_min_versions(min_decryption=1)
+    await set_min(t, min_decryption=1)
     assert await t.decrypt(old) == b"old"
 
 
 async def test_min_encryption_version_rules(contract_transit: TransitBackend) -> None:
     t = contract_transit
-    await t.rotate()
+    await rotate_key(t)
     with pytest.raises(InvalidArgument, match="latest key version is 2"):
-        await t.set_min_versions(min_encryption=3)
-    await t.set_min_versions(min_decryption=2)
+        await set_min(t, min_encryption=3)
+    await set_min(t, min_decryption=2)
     with pytest.raises(InvalidArgument, match="greater than or equal to min decryption version"):
-        await t.set_min_versions(min_encryption=1)
-    info = await t.set_min_versions(min_decryption=2, min_encryption=2)
+        await set_min(t, min_encryption=1)
+    info = await set_min(t, min_decryption=2, min_encryption=2)
     assert (info.min_decryption_version, info.min_encryption_version) == (2, 2)
     # Raising min_decryption above min_encryption is refused too.
-    await t.rotate()
+    await rotate_key(t)
     with pytest.raises(InvalidArgument, match="greater than or equal"):
-        await t.set_min_versions(min_decryption=3)
+        await set_min(t, min_decryption=3)
 
 
 async def test_trim_rules_and_irreversibility(contract_transit: TransitBackend) -> None:
     t = contract_transit
     old = await t.encrypt(b"old")
-    await t.rotate()
-    await t.rotate()
+    await rotate_key(t)
+    await rotate_key(t)
     with pytest.raises(InvalidArgument, match="minimum encryption version is not set"):
-        await t.trim(2)
-    await t.set_min_versions(min_decryption=2, min_encryption=2)
+        await trim_key(t, 2)
+    await set_min(t, min_decryption=2, min_encryption=2)
     with pytest.raises(InvalidArgument, match="should be positive"):
-        await t.trim(0)
+        await trim_key(t, 0)
     with pytest.raises(InvalidArgument, match="greater than"):
-        await t.trim(3)  # above min_encryption (and min_decryption)
-    info = await t.trim(2)
+        await trim_key(t, 3)  # above min_encryption (and min_decryption)
+    info = await trim_key(t, 2)
     assert info.min_available_version == 2 and info.versions == [2, 3]
     with pytest.raises(InvalidArgument, match="decremented"):
-        await t.trim(1)
+        await trim_key(t, 1)
     with pytest.raises(InvalidArgument, match="less th"):
-        await t.set_min_versions(min_decryption=1)  # version 1 is gone for good
+        await set_min(t, min_decryption=1)  # version 1 is gone for good
     with pytest.raises(CiphertextRejected, match="too old"):
         await t.decrypt(old)
     fresh = await t.encrypt(b"new")
@@ -178,7 +179,7 @@ async def test_large_batches(contract_transit: TransitBackend) -> None:
     t = contract_transit
     pts = [i.to_bytes(4, "big") * 8 for i in range(1200)]
     cts = await t.encrypt_batch(pts)
-    await t.rotate()
+    await rotate_key(t)
     wrapped = await t.rewrap_batch(cts)
     assert all(isinstance(c, str) and ciphertext_version(c) == 2 for c in wrapped)
     assert await t.decrypt_batch(wrapped) == pts

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -12,7 +14,7 @@ from fleet_mcp.db.models import Account
 from fleet_mcp.vault.finalize import finalize, trim
 from fleet_mcp.vault.models import Credential
 from fleet_mcp.vault.schemas import FinalizeResult, TrimResult
-from fleet_mcp.vault.transit import TransitBackend, TransitItemError, ciphertext_version
+from fleet_mcp.vault.transit import KeyInfo, TransitBackend, TransitItemError, ciphertext_version
 
 
 def secret_for(account_id: int, i: int, generation: int = 0) -> bytes:
@@ -88,6 +90,32 @@ async def finalize_now(sm: async_sessionmaker[AsyncSession], transit: TransitBac
         return await finalize(s, transit, **kw)
 
 
-async def trim_now(sm: async_sessionmaker[AsyncSession], transit: TransitBackend, **kw: int) -> TrimResult:
+async def trim_now(sm: async_sessionmaker[AsyncSession], transit: TransitBackend, **kw: int | None) -> TrimResult:
     async with sm() as s, s.begin():
         return await trim(s, transit, **kw)
+
+
+@asynccontextmanager
+async def key_unit(transit: TransitBackend) -> AsyncIterator[AsyncSession | None]:
+    """A unit of work for a key change: the local keyring changes only inside one; Vault ignores it."""
+    sm = getattr(transit, "_sm", None)
+    if sm is None:
+        yield None
+        return
+    async with sm() as s, s.begin():
+        yield s
+
+
+async def rotate_key(transit: TransitBackend) -> int:
+    async with key_unit(transit) as s:
+        return await transit.rotate(session=s)
+
+
+async def set_min(transit: TransitBackend, **kw: int) -> KeyInfo:
+    async with key_unit(transit) as s:
+        return await transit.set_min_versions(session=s, **kw)
+
+
+async def trim_key(transit: TransitBackend, n: int) -> KeyInfo:
+    async with key_unit(transit) as s:
+        return await transit.trim(n, session=s)

@@ -13,6 +13,7 @@ DOMAIN_MODEL_MODULES = (
     "fleet_mcp.federation.models",
     "fleet_mcp.vault.models",
     "fleet_mcp.oauth.models",
+    "fleet_mcp.console.models",
 )
 
 for _name in DOMAIN_MODEL_MODULES:

@@ -19,6 +19,9 @@ ALL_PERMISSIONS: tuple[str, ...] = (
     "sdwan.federation.manage",
     "system.credentials.read",
     "system.credentials.write",
+    # Vault metadata of every account (pepper counts, rotation progress and failures, verify): admin only
+    # (its "*"); "*.read" does not match it.
+    "system.credentials.read_all",
     "system.approvals.read",
     "system.approvals.decide",
     "system.audit.read",

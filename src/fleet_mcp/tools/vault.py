@@ -11,14 +11,14 @@ from sqlalchemy import func, select
 
 from fleet_mcp import principals
 from fleet_mcp.context import ToolContext
-from fleet_mcp.errors import Busy, ExternalError, FleetError
+from fleet_mcp.errors import Busy, ExternalError, PermissionDenied
 from fleet_mcp.registry import NoArgs, tool
-from fleet_mcp.vault import rotation
+from fleet_mcp.vault import lease
 from fleet_mcp.vault.credentials import CredentialStore
 from fleet_mcp.vault.finalize import TRIM_WARNING, finalize, trim
 from fleet_mcp.vault.models import Credential, RotationJob
 from fleet_mcp.vault.rotation import RotationEngine
-from fleet_mcp.vault.rotation_jobs import active_job, count_below, get_job, job_info, plan_job
+from fleet_mcp.vault.rotation_jobs import active_job, count_below, get_job, job_info, plan_job, scoped_info
 from fleet_mcp.vault.schemas import CredentialInfo, RotationJobInfo
 from fleet_mcp.vault.transit import TransitBackend
 
@@ -26,6 +26,26 @@ log = logging.getLogger(__name__)
 
 VAULT: dict[str, Any] = {"toolset": "vault"}
 UserKind = Literal["generic", "git_https", "git_ssh", "api_key", "password", "token"]
+#: Vault metadata of every account; without it a caller sees its own account's only.
+READ_ALL = "system.credentials.read_all"
+
+
+def _sees_all(ctx: ToolContext) -> bool:
+    from fleet_mcp.policy.roles import has_permission, permissions_for
+
+    policy = ctx.app.policy.current if ctx.app.policy is not None else None
+    granted = permissions_for(ctx.principal.roles, getattr(policy, "roles", None) or {})
+    return has_permission(granted, READ_ALL)
+
+
+def _scope(ctx: ToolContext) -> tuple[int, str] | None:
+    """None when the caller may see every account; else its own (account id, name)."""
+    return None if _sees_all(ctx) else (ctx.principal.account_id, ctx.principal.account_name)
+
+
+def _view(ctx: ToolContext, info: RotationJobInfo) -> RotationJobInfo:
+    scope = _scope(ctx)
+    return info if scope is None else scoped_info(info, *scope)
 
 
 def _transit(ctx: ToolContext) -> TransitBackend:
@@ -186,10 +206,15 @@ class PepperStatusOut(BaseModel):
     **VAULT,
 )
 async def get_pepper_status(ctx: ToolContext, args: NoArgs) -> PepperStatusOut:
-    """Transit key versions and policy, ciphertexts per key version, accounts per key version, active job."""
-    status = await CredentialStore(_transit(ctx)).pepper_status(ctx.session)
+    """Transit key versions and policy, ciphertexts per key version, accounts per key version, active job.
+
+    Counts cover the caller's account (every account with system.credentials.read_all)."""
+    scope = _scope(ctx)
+    status = await CredentialStore(_transit(ctx)).pepper_status(
+        ctx.session, account_id=None if scope is None else scope[0]
+    )
     job = await active_job(ctx.session)
-    return PepperStatusOut(**status.model_dump(), active_job=job_info(job) if job else None)
+    return PepperStatusOut(**status.model_dump(), active_job=_view(ctx, job_info(job)) if job else None)
 
 
 class RotateArgs(BaseModel):
@@ -221,7 +246,7 @@ class RotateOut(BaseModel):
 
 
 async def _rotate_summary(ctx: ToolContext, args: RotateArgs) -> str:
-    key = await _transit(ctx).read_key()
+    key = await _transit(ctx).read_key(session=ctx.session)
     n = await count_below(ctx.session, key.latest_version + 1)
     accounts = (await ctx.session.execute(select(func.count(func.distinct(Credential.account_id))))).scalar_one()
     target = f"rotate transit key {key.name!r} from v{key.latest_version} to v{key.latest_version + 1}"
@@ -249,44 +274,69 @@ async def rotate_pepper(ctx: ToolContext, args: RotateArgs) -> RotateOut:
     The job is crash-safe and resumable; a second rotation while one is active is refused. With wait=true
     progress is streamed; otherwise poll system_vault_get_rotation_job."""
     transit = _transit(ctx)
-    app = ctx.app
-    assert app.sessionmaker is not None
-    batch = args.batch_size or app.settings.rotation_batch_size
-    # The job is planned in this call's unit of work and starts only once it (with its audit row) commits.
-    job = await plan_job(ctx.session, transit, started_by=ctx.principal.qualified, batch_size=batch,
-                         reencrypt_existing=args.reencrypt_existing)
-    job_id, progress = job.id, ctx.progress
-    latest = (await transit.read_key()).latest_version
-    planned = RotateOut(job=job_info(job), latest_version=latest, waited=False,
-                        message=f"rotation job {job_id} runs in the background; follow it with "
-                                "system_vault_get_rotation_job")
+    batch = args.batch_size or ctx.app.settings.rotation_batch_size
+    # Planned in this call's unit of work (committed with its audit row); run only after that commit, each
+    # of its steps a unit of work of its own.
+    job = await plan_job(
+        ctx.session,
+        transit,
+        started_by=ctx.principal.qualified,
+        batch_size=batch,
+        reencrypt_existing=args.reencrypt_existing,
+        approval_id=ctx.approval_id,
+    )
+    await ctx.session.flush()
+    planned = _view(ctx, job_info(job))
+    latest = (await transit.read_key(session=ctx.session)).latest_version
+    engine = RotationEngine(ctx.app, transit, batch_size=batch)
+    if args.wait:
+        ctx.after_commit(_run_to_end(ctx, engine, planned.id))
+        message = f"rotation job {planned.id} is planned; it runs once this call commits"
+    else:
+        ctx.after_commit(_launch(engine, planned.id))
+        message = (
+            f"rotation job {planned.id} runs in the background once this call commits; "
+            "follow it with system_vault_get_rotation_job"
+        )
+    return RotateOut(job=planned, latest_version=latest, waited=False, message=message)
 
-    async def start(_: BaseModel) -> RotateOut | None:
-        engine = RotationEngine(app.sessionmaker, transit, batch_size=batch)
-        if not args.wait:
-            app.spawn(_run_quietly(engine, job_id), name=f"rotation-{job_id}")
-            return None
+
+def _launch(engine: RotationEngine, job_id: int) -> Any:
+    async def hook(result: BaseModel) -> BaseModel | None:
         try:
-            info = await engine.run(job_id, progress=progress)
-        except FleetError as exc:
-            return planned.model_copy(update={"message": f"rotation job {job_id} did not run: {exc.message}"})
+            engine.launch(job_id)
+        except Exception:  # a hook never raises: the job stays pending, and the scheduler picks it up
+            log.exception("could not launch rotation job %s", job_id)
+        return None
+
+    return hook
+
+
+def _run_to_end(ctx: ToolContext, engine: RotationEngine, job_id: int) -> Any:
+    report = ctx.progress  # captured now: the hook runs after the call's unit of work is gone
+
+    async def hook(result: BaseModel) -> BaseModel | None:
+        assert isinstance(result, RotateOut)
+        try:
+            info = await engine.launch(job_id, progress=report)  # awaited: this call returns at the job's end
+            if info is None:
+                raise RuntimeError("the job did not run here (see the server log)")
+            latest = (await engine.transit.read_key()).latest_version
+        except Exception as exc:  # a hook never raises: say what happened in the result
+            what = getattr(exc, "message", None) or type(exc).__name__
+            log.warning("rotation job %s did not run to the end in the call: %s", job_id, what)
+            return result.model_copy(
+                update={
+                    "message": f"rotation job {job_id} was planned but did not run in this call ({what}); "
+                    f"resume it with system_vault_resume_rotation_job (job_id={job_id})"
+                }
+            )
         message = f"rotation job {info.id} is {info.status}"
         if info.status == "paused" and info.error:
             message = f"{message}: {info.error}"
-        return RotateOut(job=info, latest_version=(await transit.read_key()).latest_version, waited=True,
-                         message=message)
+        return RotateOut(job=_view(ctx, info), latest_version=latest, waited=True, message=message)
 
-    ctx.after_commit(start)
-    return planned
-
-
-async def _run_quietly(engine: RotationEngine, job_id: int) -> None:
-    try:
-        await engine.run(job_id)
-    except FleetError as exc:
-        log.info("rotation job %s not run: %s", job_id, exc.message)
-    except Exception:
-        log.exception("rotation job %s crashed", job_id)
+    return hook
 
 
 class JobArgs(BaseModel):
@@ -307,8 +357,10 @@ class JobOut(BaseModel):
     **VAULT,
 )
 async def get_rotation_job(ctx: ToolContext, args: JobArgs) -> JobOut:
-    """A rotation job: status, progress, per-account counts, errors (per failed row) and the resume cursor."""
-    return JobOut(job=await get_job(ctx.session, args.job_id))
+    """A rotation job: status, progress, per-account counts, errors (per failed row) and the resume cursor.
+
+    Only the caller's account's part of it (every account with system.credentials.read_all)."""
+    return JobOut(job=await get_job(ctx.session, args.job_id, account=_scope(ctx)))
 
 
 class ResumeOut(BaseModel):
@@ -326,23 +378,25 @@ class ResumeOut(BaseModel):
 )
 async def resume_rotation_job(ctx: ToolContext, args: JobArgs) -> ResumeOut:
     """Continue a paused, pending or abandoned rotation job from its cursor, in the background."""
-    assert ctx.app.sessionmaker is not None
-    engine = RotationEngine(ctx.app.sessionmaker, _transit(ctx), batch_size=ctx.app.settings.rotation_batch_size)
+    engine = RotationEngine(ctx.app, _transit(ctx), batch_size=ctx.app.settings.rotation_batch_size)
     job = await ctx.session.get(RotationJob, args.job_id)
     engine.check_resumable(args.job_id, job)
-    if rotation.running_here(args.job_id):
+    if lease.running_here(args.job_id):
         raise Busy(f"rotation job {args.job_id} is already running in this server", job_id=args.job_id)
-    engine.launch(args.job_id)
+    ctx.after_commit(_launch(engine, args.job_id))
     return ResumeOut(
-        job=await get_job(ctx.session, args.job_id),
-        message=f"rotation job {args.job_id} resumes in the background from its cursor",
+        job=await get_job(ctx.session, args.job_id, account=_scope(ctx)),
+        message=f"rotation job {args.job_id} resumes in the background from its cursor once this call commits",
     )
 
 
 class VerifyArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     account: str | None = Field(
-        default=None, description="Only this account (by name); default: every account.", max_length=120
+        default=None,
+        description="Only this account (by name); default: your own account, or every account with "
+        "system.credentials.read_all (needed to name another account).",
+        max_length=120,
     )
 
 
@@ -370,9 +424,17 @@ class VerifyOut(BaseModel):
     **VAULT,
 )
 async def verify_credentials(ctx: ToolContext, args: VerifyArgs) -> VerifyOut:
-    """Decrypt every stored secret (of one account, or all) and count failures; no secret is returned."""
-    account_id = None
+    """Decrypt every stored secret (of one account, or all) and count failures; no secret is returned.
+
+    Without system.credentials.read_all only the caller's own account can be verified (the default)."""
+    scope = _scope(ctx)
+    account_id = None if scope is None else scope[0]
     if args.account is not None:
+        if scope is not None and args.account != scope[1]:
+            raise PermissionDenied(
+                f"verifying account {args.account!r} needs the permission {READ_ALL}",
+                hint=f"omit `account` to verify your own account ({scope[1]})",
+            )
         account_id = (await principals.get_account(ctx.session, args.account)).id
     report = await CredentialStore(_transit(ctx)).verify(ctx.session, account_id=account_id)
     return VerifyOut(
@@ -453,7 +515,13 @@ class TrimOut(BaseModel):
 async def _trim_summary(ctx: ToolContext, args: TrimArgs) -> str:
     key = await _transit(ctx).read_key()
     n = args.min_available_version or key.min_decryption_version
-    return f"IRREVERSIBLE: delete versions below v{n} of transit key {key.name!r} forever. " + TRIM_WARNING.format(n=n)
+    text = f"IRREVERSIBLE: delete versions below v{n} of transit key {key.name!r} forever. " + TRIM_WARNING.format(n=n)
+    backup = ctx.app.settings.pepper_backup_min_version
+    if backup is None:
+        return f"{text} No backup is declared (FLEET_MCP_PEPPER_BACKUP_MIN_VERSION): check your oldest backup first."
+    if n > backup:
+        return f"{text} It will be refused: a declared backup still needs v{backup}."
+    return f"{text} Declared backups need v{backup} or later: they stay readable."
 
 
 @tool(
@@ -468,5 +536,10 @@ async def _trim_summary(ctx: ToolContext, args: TrimArgs) -> str:
 async def trim_pepper_key(ctx: ToolContext, args: TrimArgs) -> TrimOut:
     """Delete transit key versions below min_available_version for good (after finalize). Irreversible:
     backups holding older ciphertexts become unreadable."""
-    r = await trim(ctx.session, _transit(ctx), min_available_version=args.min_available_version)
+    r = await trim(
+        ctx.session,
+        _transit(ctx),
+        min_available_version=args.min_available_version,
+        backup_min_version=ctx.app.settings.pepper_backup_min_version,
+    )
     return TrimOut(**r.model_dump())

@@ -281,27 +281,20 @@ class CredentialStore:
             after = rows[-1].id
         return VerifyReport(checked=checked, ok=ok, failed=failed, failures=failures)
 
-    async def pepper_status(self, session: AsyncSession) -> PepperStatus:
+    async def pepper_status(self, session: AsyncSession, *, account_id: int | None = None) -> PepperStatus:
+        """The key's versions and policy, with ciphertext and account counts of one account (`account_id`)
+        or of every account (None: only for callers allowed to see every account)."""
         key: KeyInfo = await self.transit.read_key()
+        by_stmt = select(Credential.key_version, func.count()).group_by(Credential.key_version)
+        acct_stmt = select(Account.transit_key_version, func.count()).group_by(Account.transit_key_version)
+        if account_id is not None:
+            by_stmt = by_stmt.where(Credential.account_id == account_id)
+            acct_stmt = acct_stmt.where(Account.id == account_id)
         by_version = {
-            str(v): n
-            for v, n in (
-                await session.execute(
-                    select(Credential.key_version, func.count())
-                    .group_by(Credential.key_version)
-                    .order_by(Credential.key_version)
-                )
-            ).all()
+            str(v): n for v, n in (await session.execute(by_stmt.order_by(Credential.key_version))).all()
         }
         accounts = {
-            str(v): n
-            for v, n in (
-                await session.execute(
-                    select(Account.transit_key_version, func.count())
-                    .group_by(Account.transit_key_version)
-                    .order_by(Account.transit_key_version)
-                )
-            ).all()
+            str(v): n for v, n in (await session.execute(acct_stmt.order_by(Account.transit_key_version))).all()
         }
         total = sum(by_version.values())
         below = sum(n for v, n in by_version.items() if int(v) < key.latest_version)

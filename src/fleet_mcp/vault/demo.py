@@ -7,6 +7,8 @@ from typing import Any
 
 import anyio
 
+from fleet_mcp.vault.background import wait_for_launched
+
 
 async def vault_section(d: Any, *, alice: Any, bob: Any, admin: Any, **_: Any) -> None:
     d.section("Vault: write-only credentials, pepper rotation by two people, finalize")
@@ -25,11 +27,8 @@ async def vault_section(d: Any, *, alice: Any, bob: Any, admin: Any, **_: Any) -
                            show=lambda r: f"approved by bob; executed once as root: {r['approval']['status']}")
     job_id = decided["result"]["job"]["id"]
     with anyio.fail_after(60):
-        while True:
-            r = await admin.call_tool("system_vault_get_rotation_job", {"job_id": job_id})
-            if r.structured_content["job"]["status"] not in ("pending", "running"):
-                break
-            await anyio.sleep(0.2)
+        # The approval launched the job in this process once it committed: wait for that run to end.
+        await wait_for_launched(job_id)
     await d.call(admin, "root", "system_vault_get_rotation_job", {"job_id": job_id},
                  show=lambda r: f"job {job_id} {r['job']['status']}: v{r['job']['from_version']} → "
                                 f"v{r['job']['to_version']}, {r['job']['rewrapped']}/{r['job']['total']} rewrapped")

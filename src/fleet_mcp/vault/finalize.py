@@ -28,7 +28,7 @@ async def finalize(
     job = await active_job(session)
     if job is not None:
         raise Busy(f"rotation job {job.id} is {job.status}; finalize after it has completed", job_id=job.id)
-    key = await transit.read_key()
+    key = await transit.read_key(session=session)
     target = key.latest_version if min_decryption_version is None else min_decryption_version
     if not 1 <= target <= key.latest_version:
         raise InvalidArgument(f"min_decryption_version must be between 1 and the latest version v{key.latest_version}")
@@ -63,11 +63,27 @@ async def finalize(
 
 
 async def trim(
-    session: AsyncSession, transit: TransitBackend, *, min_available_version: int | None = None
+    session: AsyncSession,
+    transit: TransitBackend,
+    *,
+    min_available_version: int | None = None,
+    backup_min_version: int | None = None,
 ) -> TrimResult:
-    """Delete key versions below `min_available_version` (default: min_decryption_version). Irreversible."""
-    key = await transit.read_key()
+    """Delete key versions below `min_available_version` (default: min_decryption_version). Irreversible.
+
+    Refused while a stored ciphertext is below the trim point, and while a backup the operator declared
+    (`backup_min_version`: the oldest key version a backup that may still be restored needs) would lose
+    its key version."""
+    key = await transit.read_key(session=session)
     n = key.min_decryption_version if min_available_version is None else min_available_version
+    if backup_min_version is not None and n > backup_min_version:
+        raise Conflict(
+            f"cannot trim to v{n}: a declared backup still needs key version v{backup_min_version} "
+            f"(FLEET_MCP_PEPPER_BACKUP_MIN_VERSION={backup_min_version}); trimming would make it unreadable forever",
+            hint=f"trim to at most v{backup_min_version}, or raise FLEET_MCP_PEPPER_BACKUP_MIN_VERSION once the "
+            "backups that need older versions have aged out",
+            backup_min_version=backup_min_version,
+        )
     if n > key.min_decryption_version:
         raise InvalidArgument(
             f"cannot trim to v{n}: min_decryption_version is v{key.min_decryption_version}",

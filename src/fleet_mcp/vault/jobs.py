@@ -25,7 +25,7 @@ async def resume_rotations(app: Any) -> int:
     include_paused = not _first_tick_done
     _first_tick_done = True
     jobs = await resume_interrupted(
-        app.sessionmaker, app.transit, include_paused=include_paused, batch_size=app.settings.rotation_batch_size
+        app, app.transit, include_paused=include_paused, batch_size=app.settings.rotation_batch_size
     )
     for j in jobs:
         log.info("resumed rotation job %s: %s", j.id, j.status)

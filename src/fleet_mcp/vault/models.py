@@ -89,7 +89,11 @@ class RotationJob(Base):
     reencrypt_existing: Mapped[bool] = mapped_column(default=True)
     batch_size: Mapped[int] = mapped_column(default=250)
     from_version: Mapped[int]
-    #: Set once the key has been rotated; rows below it are rewrapped.
+    #: The intent, recorded before anything is rotated: the key version this job rotates the key to
+    #: (from_version + 1). A (re)started job whose key already reached it adopts that version instead of
+    #: rotating again, so a key is rotated at most once per job whatever crashes in between.
+    target_version: Mapped[int | None]
+    #: Set once the key has been rotated (or the rotation adopted); rows below it are rewrapped.
     to_version: Mapped[int | None]
     total: Mapped[int] = mapped_column(default=0)
     rewrapped: Mapped[int] = mapped_column(default=0)
@@ -105,6 +109,8 @@ class RotationJob(Base):
     batches: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     started_by: Mapped[str] = mapped_column(String(250))
+    #: The approval request the rotation was executed under, if any: every audit row of the job names it.
+    approval_id: Mapped[str | None] = mapped_column(String(40))
     #: Which process runs the job; claims compare-and-set it, so a job runs in one place at a time.
     owner: Mapped[str | None] = mapped_column(String(80))
     heartbeat_at: Mapped[dt.datetime | None]

@@ -60,15 +60,40 @@ class TransitBackend(ABC):
     key_name: str
 
     @abstractmethod
-    async def ensure_key(self) -> KeyInfo:
-        """Create the key at version 1 if it does not exist."""
+    async def ensure_key(self, *, session: AsyncSession | None = None) -> KeyInfo:
+        """Create the key at version 1 if it does not exist. A keyring in the database creates it in
+        `session` (the caller's unit of work); only a process's start-up may omit it."""
 
     @abstractmethod
-    async def read_key(self) -> KeyInfo: ...
+    async def read_key(self, *, session: AsyncSession | None = None) -> KeyInfo:
+        """The key's versions and policy. A keyring in the database reads through `session` when given
+        (seeing the caller's uncommitted changes), else without opening any write transaction."""
 
     @abstractmethod
-    async def rotate(self) -> int:
-        """Add a new key version; return the new latest version."""
+    async def rotate(self, *, session: AsyncSession | None = None) -> int:
+        """Add a new key version — sent once, never retried: a rotation is not idempotent. Return the new
+        latest version. A keyring in the database rotates inside `session` (required there)."""
+
+    async def rotate_to(self, target: int, *, session: AsyncSession | None = None) -> tuple[int, bool]:
+        """Make the key reach version `target` with at most one rotation; return (latest, rotated).
+
+        Reads the key first: at or past `target` already (an earlier run rotated and died before recording
+        it) it is adopted without rotating. Backends whose rotate can fail with an unknown outcome override
+        this to read the key again and decide instead of retrying blindly."""
+        key = await self.read_key(session=session)
+        if key.latest_version >= target:
+            return key.latest_version, False
+        self._check_behind(key, target)
+        return await self.rotate(session=session), True
+
+    def _check_behind(self, key: KeyInfo, target: int) -> None:
+        if key.latest_version != target - 1:
+            raise ExternalError(
+                f"transit key {self.key_name!r} is at v{key.latest_version}, below the job's starting version "
+                f"v{target - 1}: it was replaced or restored from an older state",
+                hint="check the transit backend; the rotation job will not rotate a key it does not recognise",
+                key=self.key_name,
+            )
 
     @abstractmethod
     async def encrypt_batch(self, plaintexts: Sequence[bytes]) -> list[str]:

@@ -33,9 +33,15 @@ def decode_master_key(text: str, *, source: str) -> bytes:
 
 def load_or_create_master_key(path: Path) -> bytes:
     """Read the master key file, creating it with mode 0600 if missing; refuse a group/world-readable file."""
+    return load_or_create_master_key_file(path)[0]
+
+
+def load_or_create_master_key_file(path: Path) -> tuple[bytes, bool]:
+    """Like `load_or_create_master_key`, and say whether the file was created now. A keyring that already
+    exists must refuse a key created now (`LocalTransit.ensure_key`): it cannot unwrap the keyring."""
     path = Path(path)
     try:
-        return _read(path)
+        return _read(path), False
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -55,7 +61,7 @@ def load_or_create_master_key(path: Path) -> bytes:
         pass
     finally:
         tmp.unlink(missing_ok=True)
-    return _read(path)
+    return _read(path), True
 
 
 def _read(path: Path) -> bytes:

@@ -1,5 +1,14 @@
 """The HashiCorp Vault / OpenBao transit backend over hvac: one client per thread, bounded retries,
-batch rewrap that inspects every item and halves the batch when the server finds the JSON too complex."""
+batch rewrap that inspects every item and halves the batch when the server finds the JSON too complex.
+
+Two credentials, least privilege (policies shipped in `fleet_mcp/vault/policies/`): the runtime token
+(encrypt, decrypt, rewrap, read the key's metadata) serves every call; the optional admin credential
+(`admin_token` or `admin_role_id` + `admin_secret_id`) is used only to create, rotate, reconfigure and trim
+the key. Without an admin credential the runtime one does everything (one all-powerful token).
+
+Retries: idempotent calls (reads, encrypt/decrypt/rewrap, config, trim) are retried on server-side and
+connection failures. A rotation is not idempotent: it is sent once; on a failure whose outcome is unknown
+the key is read back and the result decided from its latest version (`rotate_to`)."""
 
 from __future__ import annotations
 
@@ -58,6 +67,9 @@ class VaultTransit(TransitBackend):
         role_id: str | None = None,
         secret_id: str | None = None,
         approle_mount: str = "approle",
+        admin_token: str | None = None,
+        admin_role_id: str | None = None,
+        admin_secret_id: str | None = None,
         namespace: str | None = None,
         cacert: str | None = None,
         skip_verify: bool = False,
@@ -87,6 +99,14 @@ class VaultTransit(TransitBackend):
         self._role_id = role_id
         self._secret_id = secret_id
         self._approle_mount = approle_mount
+        self._admin_token = admin_token
+        self._admin_role_id = admin_role_id
+        self._admin_secret_id = admin_secret_id
+        if admin_role_id and not admin_secret_id:
+            raise InvalidArgument(
+                "the vault admin AppRole needs both a role_id and a secret_id",
+                hint="set FLEET_MCP_VAULT_ADMIN_ROLE_ID and FLEET_MCP_VAULT_ADMIN_SECRET_ID",
+            )
         self._namespace = namespace
         self._verify: bool | str = cacert if cacert else not skip_verify
         self._timeout = timeout
@@ -99,54 +119,76 @@ class VaultTransit(TransitBackend):
 
     def __repr__(self) -> str:
         auth = "approle" if self._role_id else "token"
-        return f"VaultTransit(addr={self.addr!r}, mount={self.mount!r}, key={self.key_name!r}, auth={auth})"
+        admin = "approle" if self._admin_role_id else ("token" if self._admin_token else "runtime")
+        return (
+            f"VaultTransit(addr={self.addr!r}, mount={self.mount!r}, key={self.key_name!r}, auth={auth}, "
+            f"admin_auth={admin})"
+        )
+
+    @property
+    def has_admin_credential(self) -> bool:
+        return bool(self._admin_token or self._admin_role_id)
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def _client(self) -> hvac.Client:
-        client: hvac.Client | None = getattr(self._local, "client", None)
+    def _creds(self, admin: bool) -> tuple[str | None, str | None, str | None]:
+        if admin and self.has_admin_credential:
+            return self._admin_token, self._admin_role_id, self._admin_secret_id
+        return self._token, self._role_id, self._secret_id
+
+    def _client(self, admin: bool = False) -> hvac.Client:
+        attr = "admin_client" if admin and self.has_admin_credential else "client"
+        client: hvac.Client | None = getattr(self._local, attr, None)
         if client is None:
+            token, role_id, secret_id = self._creds(admin)
             client = hvac.Client(
                 url=self.addr,
-                token=self._token,
+                token=token,
                 verify=self._verify,
                 timeout=self._timeout,
                 namespace=self._namespace,
             )
-            if self._role_id and self._secret_id:
-                self._login(client)
-            self._local.client = client
+            if role_id and secret_id:
+                self._login(client, admin)
+            setattr(self._local, attr, client)
             with self._lock:
                 self._clients.append(client)
         return client
 
-    def _login(self, client: hvac.Client) -> None:
-        client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id, mount_point=self._approle_mount)
+    def _login(self, client: hvac.Client, admin: bool = False) -> None:
+        _, role_id, secret_id = self._creds(admin)
+        client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=self._approle_mount)
 
-    def _invoke(self, fn: Callable[[hvac.Client], T]) -> T:
-        client = self._client()
+    def _invoke(self, fn: Callable[[hvac.Client], T], admin: bool = False) -> T:
+        client = self._client(admin)
         try:
             return fn(client)
         except hx.Forbidden:
-            if not self._role_id:
+            if not self._creds(admin)[1]:
                 raise
-            self._login(client)  # the AppRole token may have expired: log in again once
+            self._login(client, admin)  # the AppRole token may have expired: log in again once
             return fn(client)
 
-    async def _call(self, what: str, fn: Callable[[hvac.Client], T]) -> T:
-        """Run one hvac call on a worker thread; retry server-side and connection failures with backoff."""
+    async def _call(self, what: str, fn: Callable[[hvac.Client], T], *, admin: bool = False, retry: bool = True) -> T:
+        """Run one hvac call on a worker thread; retry server-side and connection failures with backoff
+        (unless `retry` is False: a non-idempotent call is sent once). `admin`: with the admin credential."""
         delay = self._backoff
         last: BaseException | None = None
-        for attempt in range(1, self._max_attempts + 1):
+        attempts = self._max_attempts if retry else 1
+        for attempt in range(1, attempts + 1):
             try:
-                return await anyio.to_thread.run_sync(self._invoke, fn)
+                return await anyio.to_thread.run_sync(self._invoke, fn, admin)
             except hx.InvalidRequest as exc:
                 if _TOO_COMPLEX in str(exc):
                     raise _TooComplex() from None
                 raise InvalidArgument(f"Vault refused {what}: {_vault_message(exc)}", key=self.key_name) from None
             except hx.Forbidden:
+                which = "admin token (FLEET_MCP_VAULT_ADMIN_TOKEN or admin AppRole)" if (
+                    admin and self.has_admin_credential
+                ) else "runtime token (VAULT_TOKEN or AppRole)"
                 raise PermissionDenied(
-                    f"Vault denied {what} on {self.mount}/keys/{self.key_name}",
-                    hint="check the token's (or AppRole's) policy for the transit key",
+                    f"Vault denied {what} on {self.mount}/keys/{self.key_name} to the {which}",
+                    hint="check that credential's policy for the transit key "
+                    "(shipped examples: fleet_mcp/vault/policies/*.hcl)",
                 ) from None
             except hx.Unauthorized:
                 raise ExternalError(
@@ -161,20 +203,21 @@ class VaultTransit(TransitBackend):
                 ) from None
             except _RETRYABLE as exc:
                 last = exc
-                if attempt == self._max_attempts:
+                if attempt == attempts:
                     break
                 log.warning(
                     "vault %s failed (attempt %d/%d): %s",
                     what,
                     attempt,
-                    self._max_attempts,
+                    attempts,
                     type(exc).__name__,
                 )
                 await anyio.sleep(min(delay, self._backoff_max) * random.uniform(0.5, 1.0))
                 delay *= 2
         reason = _vault_message(last) if isinstance(last, hx.VaultError) else type(last).__name__
         raise TransitUnavailable(
-            f"Vault at {self.addr} is unreachable or failing ({what}: {reason}) after {self._max_attempts} attempts",
+            f"Vault at {self.addr} is unreachable or failing ({what}: {reason}) after {attempts} attempt"
+            f"{'s' if attempts != 1 else ''}",
             hint="check that Vault/OpenBao is running, unsealed and reachable; then retry or resume the job",
             addr=self.addr,
         )
@@ -183,24 +226,54 @@ class VaultTransit(TransitBackend):
         return f"/v1/{self.mount}/{action}/{self.key_name}"
 
     # -- key management ----------------------------------------------------------------------------
-    async def ensure_key(self) -> KeyInfo:
+    async def ensure_key(self, *, session: AsyncSession | None = None) -> KeyInfo:
         try:
             return await self.read_key()
         except NotFound:
             pass
+        # Creating an existing key changes nothing (Vault answers 204): safe to retry.
         await self._call(
             "create key",
             lambda c: c.adapter.post(f"/v1/{self.mount}/keys/{self.key_name}", json={"type": "aes256-gcm96"}),
+            admin=True,
         )
         return await self.read_key()
 
-    async def read_key(self) -> KeyInfo:
+    async def read_key(self, *, session: AsyncSession | None = None) -> KeyInfo:
         resp: Any = await self._call("read key", lambda c: c.adapter.get(f"/v1/{self.mount}/keys/{self.key_name}"))
         return _key_info(self.key_name, resp)
 
-    async def rotate(self) -> int:
-        await self._call("rotate", lambda c: c.adapter.post(f"/v1/{self.mount}/keys/{self.key_name}/rotate"))
+    async def rotate(self, *, session: AsyncSession | None = None) -> int:
+        """One POST, never retried (each one adds a version). See `rotate_to` for a rotation that survives
+        a lost answer."""
+        await self._call(
+            "rotate", lambda c: c.adapter.post(f"/v1/{self.mount}/keys/{self.key_name}/rotate"), admin=True, retry=False
+        )
         return (await self.read_key()).latest_version
+
+    async def rotate_to(self, target: int, *, session: AsyncSession | None = None) -> tuple[int, bool]:
+        """At most one rotation to reach `target`. After a failed POST the outcome is unknown (the answer may
+        have been lost after Vault rotated): read the key and decide. Rotated → adopt. Not rotated → send
+        again, except after a timeout (the request may still be running on the server: pause instead, and a
+        resume decides from the key)."""
+        key = await self.read_key()
+        if key.latest_version >= target:
+            return key.latest_version, False
+        self._check_behind(key, target)
+        delay = self._backoff
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return await self.rotate(), True
+            except TransitUnavailable as exc:
+                key = await self.read_key()  # retried: reads are idempotent
+                if key.latest_version >= target:
+                    log.warning("vault rotate answered an error but the key reached v%d: adopted", key.latest_version)
+                    return key.latest_version, True
+                if "Timeout" in exc.message or attempt == self._max_attempts:
+                    raise
+                await anyio.sleep(min(delay, self._backoff_max) * random.uniform(0.5, 1.0))
+                delay *= 2
+        raise AssertionError("unreachable")
 
     async def set_min_versions(
         self,
@@ -219,6 +292,7 @@ class VaultTransit(TransitBackend):
             await self._call(
                 "update key config",
                 lambda c: c.adapter.post(f"/v1/{self.mount}/keys/{self.key_name}/config", json=body),
+                admin=True,
             )
         return await self.read_key()
 
@@ -229,6 +303,7 @@ class VaultTransit(TransitBackend):
                 f"/v1/{self.mount}/keys/{self.key_name}/trim",
                 json={"min_available_version": min_available_version},
             ),
+            admin=True,
         )
         return await self.read_key()
 

@@ -1,7 +1,7 @@
 """oauth identities: which principal an identity provider's subject is
 
 Revision ID: 0007
-Revises: 0001
+Revises: 0003
 Create Date: 2026-12-03 19:40:00
 """
 
@@ -14,7 +14,7 @@ import fleet_mcp.db.base
 
 
 revision = '0007'
-down_revision = '0001'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,159 @@
+"""Ownership of a rotation job: which process drives it (its lease), the heartbeat that keeps the lease,
+and the guarded progress write that stops a process that lost it.
+
+A job row names its owner (`host:pid:random`) and a heartbeat time. A process claims a job only when no
+live process holds it: the owner is this very process, its pid is gone (same host), or its heartbeat is
+older than `stale_after`. Every progress write is an UPDATE guarded by `owner = me`, so a process whose
+lease was taken over writes nothing and stops (`LostOwnership`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import socket
+from typing import Any
+
+from sqlalchemy import Update, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleet_mcp.db.base import utcnow
+from fleet_mcp.errors import Busy, Conflict, NotFound
+from fleet_mcp.vault.models import JOB_ACTIVE, RotationJob
+
+_HOST = socket.gethostname()[:40]
+_instance = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+_running: set[int] = set()  # jobs this process is driving right now
+
+#: The job's columns every progress save writes (besides the JSON ones and the timestamps).
+SAVED = (
+    "status",
+    "to_version",
+    "total",
+    "rewrapped",
+    "failed",
+    "skipped",
+    "cursor_account_id",
+    "cursor_row_id",
+    "cursor_pass",
+    "batches",
+    "error",
+)
+
+
+class LostOwnership(Exception):
+    """Another process claimed the job (ours looked dead to it); stop without writing."""
+
+
+def instance_id() -> str:
+    """`host:pid:random`: who owns a running job (on the same host, a dead pid frees the job at once)."""
+    global _instance
+    if not _instance.startswith(f"{_HOST}:{os.getpid()}:"):  # forked child: a new instance
+        _instance = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+    return _instance
+
+
+def running_here(job_id: int) -> bool:
+    """Whether this process is driving the job right now."""
+    return job_id in _running
+
+
+def mark_running(job_id: int) -> None:
+    if job_id in _running:
+        raise Busy(f"rotation job {job_id} is already running in this process", job_id=job_id)
+    _running.add(job_id)
+
+
+def mark_stopped(job_id: int) -> None:
+    _running.discard(job_id)
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != _HOST or not pid.isdigit() or owner == instance_id():
+        return False
+    if int(pid) == os.getpid():
+        return True  # this pid, another random part: an earlier incarnation of this process
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def check_claimable(job_id: int, job: RotationJob | None, stale_after: float) -> RotationJob:
+    """Raise unless this process may run the job now (it exists, is active, and no live process runs it)."""
+    if job is None:
+        raise NotFound(f"no rotation job {job_id}", job_id=job_id)
+    if job.status not in JOB_ACTIVE:
+        raise Conflict(
+            f"rotation job {job_id} is {job.status}; only pending, running or paused jobs resume",
+            hint="start a new rotation to retry what is left",
+            job_id=job_id,
+        )
+    if job.status == "running" and job.owner != instance_id() and not owner_is_dead(job.owner):
+        age = (utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0.0
+        if age < stale_after:
+            raise Busy(
+                f"rotation job {job_id} is running in process {job.owner} (last heartbeat {age:.0f} s ago)",
+                hint=f"wait, or resume it after {stale_after:.0f} s without a heartbeat",
+                job_id=job_id,
+            )
+    return job
+
+
+async def claim(s: AsyncSession, job_id: int, stale_after: float) -> RotationJob:
+    """Take the job's lease in `s` (the caller's unit of work): owner = this process, fresh heartbeat."""
+    job = (
+        await s.execute(select(RotationJob).where(RotationJob.id == job_id).with_for_update())
+    ).scalar_one_or_none()
+    check_claimable(job_id, job, stale_after)
+    assert job is not None
+    now = utcnow()
+    job.status, job.owner, job.heartbeat_at, job.error, job.updated_at = "running", instance_id(), now, None, now
+    job.started_at = job.started_at or now
+    await s.flush()
+    # From here on the job object is the runner's in-memory copy; it outlives this unit of work.
+    s.expunge(job)
+    return job
+
+
+@functools.cache
+def _save_stmt(extra: tuple[str, ...]) -> Update:
+    """The progress UPDATE for a set of extra columns, guarded by ownership; bound as `p_<column>`."""
+    t = RotationJob.__table__
+    cols = (*SAVED, "account_progress", "skipped_accounts", "heartbeat_at", "updated_at", *extra)
+    return (
+        update(t)
+        .where(t.c.id == bindparam("w_job_id"), t.c.owner == bindparam("w_owner"))
+        .values({c: bindparam(f"p_{c}", type_=t.c[c].type) for c in cols})
+    )
+
+
+async def save(s: AsyncSession, job: RotationJob, **extra: Any) -> None:
+    """Write the job's progress (and heartbeat) in `s` — only while this process still holds the lease."""
+    now = utcnow()
+    job.heartbeat_at = job.updated_at = now
+    values = {c: getattr(job, c) for c in SAVED}
+    values.update(
+        account_progress=dict(job.account_progress),
+        skipped_accounts=list(job.skipped_accounts),
+        heartbeat_at=now,
+        updated_at=now,
+        **extra,
+    )
+    # A statement built once per set of columns: building and caching a fresh UPDATE every batch costs
+    # more than running it.
+    params = {f"p_{k}": v for k, v in values.items()}
+    conn = await s.connection()
+    res = await conn.execute(
+        _save_stmt(tuple(sorted(extra))), {"w_job_id": job.id, "w_owner": instance_id(), **params}
+    )
+    if res.rowcount != 1:
+        raise LostOwnership()
