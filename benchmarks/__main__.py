@@ -51,7 +51,10 @@ def describe_error(exc: BaseException) -> str:
 
 
 def run_family(name: str, quick: bool, machine: dict[str, Any]) -> tuple[RunContext | None, dict[str, Any]]:
-    meta: dict[str, Any] = {"title": name, "ran_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    # The machine and the commit (with its dirty flag) go with each family: a report merged from several
+    # runs (--only) shows for every family where and on what code it was measured.
+    meta: dict[str, Any] = {"title": name, "ran_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                            "machine": machine}
     t0 = time.monotonic()
     try:
         mod = importlib.import_module(f"benchmarks.{name}")

@@ -118,7 +118,8 @@ def bao_binary() -> Path | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, Python, database and OpenBao versions, and the commit the run measured."""
+    """CPU (model, cores), memory, Python, database and OpenBao versions, and the commit the run measured
+    (with its dirty flag). Stored per family: a merged report may hold families from different runs."""
     cpu_model = None
     with contextlib.suppress(OSError):
         m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
@@ -129,6 +130,10 @@ def machine_info() -> dict[str, Any]:
         pg = _cmd_out([str(Path(bindir) / "postgres"), "--version"])
     bao = bao_binary()
     bao_version = _cmd_out([str(bao), "version"]) if bao else None
+    mem_total = None
+    with contextlib.suppress(OSError):
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        mem_total = int(m.group(1)) * 1024 if m else None
     commit = _cmd_out(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
     # The suite's own outputs do not make the measured code dirty.
     dirty = _cmd_out(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
@@ -151,6 +156,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model,
+        "memory_bytes": mem_total,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
@@ -167,7 +173,11 @@ def machine_info() -> dict[str, Any]:
 # -- results -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Figure:
-    """One row of the report: a figure, the floor it is compared with, the ratio and the target."""
+    """One row of the report: a figure, what it is compared with, the ratio and the target.
+
+    `compare` says what `floor_value` is: "floor" — the best raw way to do the same work, measured in the same
+    run with the same shape — or "speed-up" — fleet-mcp's own other work (e.g. a full drift report), whose
+    ratio is a speed-up and never called a floor."""
 
     family: str
     name: str
@@ -186,6 +196,7 @@ class Figure:
     command: str = ""
     size: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    compare: str = "floor"
 
     @property
     def target_text(self) -> str:
@@ -274,17 +285,24 @@ class RunContext:
         note: str = "",
         size: int | None = None,
         met: bool | None = None,
+        errors: int = 0,
+        compare: str = "floor",
         **extra: Any,
     ) -> Figure:
-        """Record and print a figure; the ratio defaults to value / floor, `met` to the ratio against the target."""
+        """Record and print a figure; the ratio defaults to value / floor, `met` to the ratio against the target.
+        A figure with `errors` (error results among its calls) is judged missed whatever its ratio: errors
+        cost something else than the work."""
         if ratio is None and value is not None and floor:
             ratio = value / floor
         op, tv = target if target else (None, None)
+        if errors:  # judged missed, with or without a target
+            met = False
+            note = "; ".join(n for n in (f"{errors} error results: judged missed", note) if n)
         fig = Figure(
             family=self.family, name=name, label=label, value=value, unit=unit, floor_label=floor_label,
             floor_value=floor, ratio=ratio, target_op=op, target=tv,
             met=judge(ratio, op, tv) if met is None else met, note=note,
-            command=self.command, size=size, extra=extra,
+            command=self.command, size=size, extra=extra, compare=compare,
         )
         self.figures.append(fig)
         print("  " + describe(fig), flush=True)
@@ -308,9 +326,10 @@ def describe(f: Figure) -> str:
         return f"{f.label}: {f.note}"
     parts = [f"{f.label}: {fmt_value(f.value, f.unit)}"]
     if f.floor_value is not None:
-        parts.append(f"floor {fmt_value(f.floor_value, f.unit)} ({f.floor_label})")
+        kind = "floor" if f.compare == "floor" else "compared with"
+        parts.append(f"{kind} {fmt_value(f.floor_value, f.unit)} ({f.floor_label})")
     if f.ratio is not None:
-        parts.append(f"ratio {f.ratio:.2f}")
+        parts.append(f"{'ratio' if f.compare == 'floor' else 'speed-up'} {f.ratio:.2f}")
     if f.target_text:
         parts.append(f"target {f.target_text} → {'met' if f.met else 'MISSED'}")
     if f.note:

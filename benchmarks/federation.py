@@ -317,7 +317,7 @@ async def bench_scan(ctx: RunContext, app: Any) -> None:
             continue
         if "error" in res:
             ctx.add(f"scan.{n}", label, None, "s", floor=floor, floor_label="bare SELECT of the rows",
-                    note=f"failed: {res['error']}", size=n)
+                    note=f"failed: {res['error']}", size=n, errors=1)
             continue
         t = median(res["times"])
         results[n] = t

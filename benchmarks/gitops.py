@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks.common import RunContext, median, module_available, timed
 
 NAME = "gitops"
@@ -17,17 +19,48 @@ DESCRIPTION = (
     "A generated `fleet.yaml` (20% templates, 20% modules, 10% provider configs, 50% assignments, flow style) "
     "committed to a real local git repository and registered with `file://` (SQLite, in-process services from "
     "`fleet_mcp.gitops.service`). Live state is seeded equal to the file with 1% of the resources drifted, so "
-    "a drift report diffs every resource. Floors: `yaml.load(…, Loader=CSafeLoader)` of the same bytes "
-    "(libyaml's C parser, PyYAML's Python constructor — fleet-mcp reads the same C event stream with its own "
-    "builder, which is why the report can beat this floor on big files); a bare SQLAlchemy bulk insert of the "
-    "same 1,000 rows (one transaction)."
+    "a drift report diffs every resource. Floors: the faster of two raw parses of the same bytes — "
+    "`yaml.load(…, Loader=CSafeLoader)` (libyaml's C parser, PyYAML's Python constructor) and plain dicts and "
+    "strings built straight from libyaml's event stream (what fleet-mcp's own builder reads, without its "
+    "checks); a bare SQLAlchemy bulk insert of the same rows (one transaction). The drift sensor tick is "
+    "compared with fleet-mcp's own full drift report: a speed-up, not a floor."
 )
 
 DRIFT_TARGET = ("<=", 3.0)
 APPLY_TARGET = ("<=", 5.0)
-TICK_TARGET = ("<=", 0.05)
+#: An unchanged tick must be at least this many times faster than a full drift report.
+TICK_SPEEDUP_TARGET = (">=", 20.0)
 GROWTH_TARGET = ("<=", 6.0)
 APPLY_N = 1000
+
+
+def event_parse(data: bytes) -> object:
+    """The least a parse of the file can cost: plain dicts, lists and strings straight from libyaml's events."""
+    scalar, mstart, sstart = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    stack: list[list[Any]] = []  # [container, pending key or None]
+    root: Any = None
+    for ev in yaml.parse(data, Loader=yaml.CSafeLoader):
+        cls = type(ev)
+        if cls is scalar or cls is mstart or cls is sstart:
+            value: Any = ev.value if cls is scalar else ({} if cls is mstart else [])
+            if stack:
+                top = stack[-1]
+                if isinstance(top[0], dict):
+                    if top[1] is None and cls is scalar:
+                        top[1] = value
+                        continue
+                    top[0][top[1]] = value
+                    top[1] = None
+                else:
+                    top[0].append(value)
+            else:
+                root = value
+            if cls is not scalar:
+                stack.append([value, None])
+        elif cls in ends:
+            stack.pop()
+    return root
 
 
 def fleet_yaml(n: int, prefix: str = "") -> str:
@@ -171,13 +204,16 @@ async def run(ctx: RunContext) -> None:
                                                           options=options)
 
                 report = await drift()  # warm-up: the first fetch clones into the cache
-                times, ftimes = [], []
+                times, ftimes, etimes = [], [], []
                 for _ in range(reps):  # floor and figure interleaved, so machine noise hits both alike
                     ftimes += [timed(lambda: yaml.load(data, Loader=yaml.CSafeLoader))[0] for _ in range(2)]
+                    etimes += [timed(lambda: event_parse(data))[0] for _ in range(2)]
                     t0 = time.perf_counter()
                     await drift()
                     times.append(time.perf_counter() - t0)
-                d, floor = median(times), median(ftimes)
+                d = median(times)
+                # The floor is the faster of the two raw parses of the same bytes.
+                floor, floor_label = min((median(ftimes), "CSafeLoader parse"), (median(etimes), "libyaml events"))
                 drift_by_size[n] = d
                 at_target = n == 10_000 or (ctx.quick and n == sizes[-1])
                 note = "; ".join(x for x in (
@@ -185,7 +221,7 @@ async def run(ctx: RunContext) -> None:
                     "" if n == 10_000 or not at_target else "target is defined at 10k; the quick run judges 5k")
                     if x)
                 ctx.add(f"drift.{n}", f"drift report, {n:,} resources", d, "s", floor=floor,
-                        floor_label="CSafeLoader parse", target=DRIFT_TARGET if at_target else None, note=note,
+                        floor_label=floor_label, target=DRIFT_TARGET if at_target else None, note=note,
                         size=n)
                 parse_pts.append((n, floor))
                 drift_pts.append((n, d))
@@ -203,7 +239,7 @@ async def run(ctx: RunContext) -> None:
                         status = run_.status
                         await s.rollback()
                 st = median(stimes)
-                ctx.add(f"sync.{n}", f"sync, {n:,} resources", st, "s", floor=floor, floor_label="CSafeLoader parse",
+                ctx.add(f"sync.{n}", f"sync, {n:,} resources", st, "s", floor=floor, floor_label=floor_label,
                         note=f"status {status}; opens ≤ {options.max_proposals_per_sync} proposals", size=n)
                 sync_pts.append((n, st))
 
@@ -220,8 +256,10 @@ async def run(ctx: RunContext) -> None:
                         ttimes.append(time.perf_counter() - t0)
                         skipped = tick.skipped
                 tt = median(ttimes)
-                ctx.add(f"tick.{n}", f"drift sensor tick, unchanged repository, {n:,} resources", tt, "s",
-                        floor=d, floor_label="full drift report", target=TICK_TARGET,
+                # Compared with fleet-mcp's own full drift report: a speed-up, not a floor.
+                ctx.add(f"tick.{n}", f"drift sensor tick, unchanged repository, {n:,} resources: speed-up", tt, "s",
+                        floor=d, floor_label="fleet-mcp's full drift report", ratio=d / tt if tt else None,
+                        target=TICK_SPEEDUP_TARGET, compare="speed-up",
                         note=f"tick result: {skipped or 'full check'}", size=n)
                 tick_pts.append((n, tt))
 
@@ -235,7 +273,7 @@ async def run(ctx: RunContext) -> None:
                     note=f"size ratio {big / small:g} (linear growth would be {big / small:g})")
         ctx.plot("GitOps: cost against resources", "drift report", drift_pts, xlabel="resources")
         ctx.plot("GitOps: cost against resources", "sync", sync_pts, xlabel="resources")
-        ctx.plot("GitOps: cost against resources", "floor: CSafeLoader parse", parse_pts, xlabel="resources")
+        ctx.plot("GitOps: cost against resources", "floor: raw libyaml parse", parse_pts, xlabel="resources")
         ctx.plot("GitOps: cost against resources", "sensor tick, unchanged", tick_pts, xlabel="resources")
 
         await _apply_benchmark(ctx, app, service)

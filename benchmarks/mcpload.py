@@ -83,7 +83,7 @@ def start_floor_http(tmp: Path) -> HttpProc:
 class FleetInstance:
     """A fleet-mcp data dir (SQLite) with the permissive benchmark policy; servers and tokens on it."""
 
-    def __init__(self, tmp: Path, *, database_url: str | None = None) -> None:
+    def __init__(self, tmp: Path, *, database_url: str | None = None, env: dict[str, str] | None = None) -> None:
         self.dir = tmp
         self.data_dir = tmp / "data"
         self.policy = tmp / "bench-policy.yaml"
@@ -99,6 +99,7 @@ class FleetInstance:
         }
         if database_url:
             extra["FLEET_MCP_DATABASE_URL"] = database_url
+        extra.update(env or {})
         self.env = python_env(**extra)
         self.servers: list[HttpProc] = []
 

@@ -45,7 +45,8 @@ async def run(ctx: RunContext) -> None:
         shape = f"{sessions} sessions × {calls} calls"
         ctx.add("load", f"server RSS under {shape}, peak", mib(peaks["fleet"][0]), "MiB",
                 floor=mib(peaks["floor"][0]), floor_label="echo server, same load",
-                note=f"{tool}; {peaks['fleet'][1].stats.errors} errors; {note}".rstrip("; "))
+                errors=peaks["fleet"][1].stats.errors + peaks["fleet"][1].connect_errors,
+                note=f"{tool}; {note}".rstrip("; "))
         ctx.add("load.growth", f"server RSS growth under {shape}", mib(peaks["fleet"][0] - idle_fleet), "MiB",
                 floor=mib(max(1, peaks["floor"][0] - idle_floor)), floor_label="echo server growth")
     finally:

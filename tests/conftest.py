@@ -18,8 +18,19 @@ from fleet_mcp.db import all_models  # noqa: F401  (registers every table)
 from fleet_mcp.db.base import Base
 from fleet_mcp.db.engine import create_engine, make_sessionmaker
 from fleet_mcp.db.models import Account
+from tests import services
 
-IN_CI = bool(os.environ.get("CI"))
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--require-services", action="store_true", default=False,
+        help="fail (instead of skip) any test whose real service (PostgreSQL, OpenBao, git, sshd, the MCP "
+             "Inspector) is missing; scripts/test always sets it",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    services.set_required(bool(config.getoption("--require-services")))
 
 
 @pytest.fixture
@@ -97,9 +108,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server = PostgresServer()
     except (RuntimeError, subprocess.CalledProcessError) as exc:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL is required in CI but could not start: {exc}")
-        pytest.skip(f"PostgreSQL not available: {exc}")
+        services.missing("PostgreSQL", str(exc))
     # One template database with every table; each test copies it (fast file copy).
     server.psql("CREATE DATABASE fleet_template")
     import anyio

@@ -24,12 +24,17 @@ from fleet_mcp.settings import Settings
 
 if TYPE_CHECKING:
     from fleet_mcp.gate import Gate
+    from fleet_mcp.policy.watcher import PolicyHolder
+    from fleet_mcp.vault.transit.base import TransitBackend
 
 log = logging.getLogger(__name__)
 
 
 class App:
     """Built once per process from Settings; owns the engine and long-lived backends."""
+
+    #: The policy in force; set by start().
+    policy: PolicyHolder
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -41,8 +46,7 @@ class App:
         self._read_engine: AsyncEngine | None = None
         #: Group commit of audit rows that join no other write (read-only calls, refusals).
         self.audit_writer: audit.AuditWriter | None = None
-        self.transit: Any = None
-        self.policy: Any = None
+        self.transit: TransitBackend | None = None
         self.stdio_caller: Caller | None = None
         self.stateless_http = False
         #: Who holds a unit of work; on SQLite also the process's single-writer queue.
@@ -107,17 +111,18 @@ class App:
         s = self.settings
         url = s.effective_database_url
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
-        # Keyed argument digests (identity/audit helper): one key per deployment, before any call.
+        # Keyed argument digests: one key per deployment, set before any call.
         audit.set_digest_key(await anyio.to_thread.run_sync(audit.digest_key_for, s))
-        self.engine = create_engine(url, write_lock=self.write_lock)
+        self.engine = create_engine(url, write_lock=self.write_lock, sqlite_driver=s.sqlite_driver)
         self.sessionmaker = make_sessionmaker(self.engine)
-        self._read_engine = create_engine(url, readonly=True)
+        self._read_engine = create_engine(url, readonly=True, sqlite_driver=s.sqlite_driver)
         self.read_sessionmaker = make_sessionmaker(self._read_engine)
         self.audit_writer = audit.AuditWriter(self.engine, self.write_lock)
         self.policy = self._load_policy()
-        self.transit = await self._build_transit()
+        self.transit = transit = self._build_transit()
         async with self.unit_of_work() as uow:
             session = uow.session
+            await transit.ensure_key(session=session)  # a local keyring is created in this unit of work
             await audit.ensure_head(session)
             acct = await principals.ensure_account(session, s.account)
             await principals.ensure_principal(session, acct, s.principal, s.role_list)
@@ -137,19 +142,17 @@ class App:
             if db_file.exists():
                 os.chmod(db_file, 0o600)
 
-    def _load_policy(self) -> Any:
+    def _load_policy(self) -> PolicyHolder:
         from fleet_mcp.policy.watcher import PolicyHolder
         from fleet_mcp.registry import catalog
 
         return PolicyHolder(self.settings.policy, catalog())
 
-    async def _build_transit(self) -> Any:
+    def _build_transit(self) -> TransitBackend:
         from fleet_mcp.vault.transit import build_transit
 
         assert self.sessionmaker is not None
-        backend = build_transit(self.settings, self.sessionmaker)
-        await backend.ensure_key()
-        return backend
+        return build_transit(self.settings, self.sessionmaker)
 
     async def close(self) -> None:
         for task in list(self._background):

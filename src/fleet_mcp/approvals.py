@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +31,7 @@ async def _seal(session: AsyncSession, app: App, account_id: int, approval_id: s
     plaintext = json.dumps(audit._reveal(args.model_dump(mode="python")), default=str).encode()
     from fleet_mcp.vault import credentials as vault_credentials
 
+    assert app.transit is not None
     cred_id = await vault_credentials.seal(
         session, app.transit, account_id, f"approval:{approval_id}", "approval_arguments", plaintext
     )
@@ -40,6 +42,7 @@ async def _unseal(session: AsyncSession, app: App, sealed: str) -> dict[str, Any
     from fleet_mcp.vault import credentials as vault_credentials
 
     cred_id = int(sealed.split(":", 1)[1])
+    assert app.transit is not None
     return json.loads(await vault_credentials.unseal(session, app.transit, cred_id))
 
 
@@ -238,7 +241,7 @@ async def decide(
         .values(status="executing", decided_by=decider.qualified, reason=reason)
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if cast(CursorResult[Any], claimed).rowcount != 1:
         raise Conflict(f"approval request {approval_id} was decided concurrently", approval_id=approval_id)
     await session.refresh(req)
     return req, True
@@ -251,7 +254,7 @@ async def begin_execution(session: AsyncSession, approval_id: str) -> None:
         update(ApprovalRequest).where(ApprovalRequest.id == approval_id, ApprovalRequest.status == "executing")
         .values(status="executed", executed_at=utcnow()).execution_options(synchronize_session=False)
     )
-    if moved.rowcount != 1:
+    if cast(CursorResult[Any], moved).rowcount != 1:
         raise Conflict(f"approval request {approval_id} is not waiting to execute; an approval runs once",
                        approval_id=approval_id)
 
@@ -275,6 +278,7 @@ async def finish_execution(session: AsyncSession, app: App, approval_id: str, ok
     if secrets:
         from fleet_mcp.vault import credentials as vault_credentials
 
+        assert app.transit is not None
         await vault_credentials.seal(session, app.transit, req.account_id, _result_name(req.id), RESULT_KIND,
                                      json.dumps(secrets).encode())
         req.result = {**req.result, "secrets_for_requester": "collect once with system_approvals_collect_result"}
@@ -305,6 +309,7 @@ async def collect_result(session: AsyncSession, app: App, approval_id: str, call
     if row is None:
         raise NotFound(f"approval request {approval_id} holds no secrets to collect (none were produced, or they "
                        "were collected already)", approval_id=approval_id)
+    assert app.transit is not None
     secrets = json.loads(await vault_credentials.unseal(session, app.transit, row))
     await vault_credentials.discard(session, row)
     result = dict(req.result or {})
@@ -394,7 +399,7 @@ async def cancel(session: AsyncSession, *, approval_id: str, caller: Caller, rea
         .values(status="cancelled", decided_by=caller.qualified, reason=reason)
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if cast(CursorResult[Any], claimed).rowcount != 1:
         raise Conflict(f"approval request {approval_id} was decided concurrently", approval_id=approval_id)
     await session.refresh(req)
     req.decisions = [*req.decisions, {"by": caller.qualified, "decision": "cancel", "reason": reason,

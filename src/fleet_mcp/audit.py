@@ -15,13 +15,13 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, SecretBytes, SecretStr
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -205,7 +205,7 @@ _HASHED = ("seq", "principal", "account", "tool", "args_digest", "arguments", "d
 
 
 def _row_hash(entry: AuditEntry | Mapping[str, Any]) -> str:
-    get = entry.get if isinstance(entry, Mapping) else (lambda k: getattr(entry, k))
+    get: Callable[[str], Any] = entry.get if isinstance(entry, Mapping) else (lambda k: getattr(entry, k))
     body = {k: get(k) for k in _HASHED}
     body["at"] = get("at").astimezone(dt.UTC).isoformat(timespec="microseconds")
     body["duration_ms"] = round(float(get("duration_ms")), 3)
@@ -216,11 +216,10 @@ async def ensure_head(session: AsyncSession | AsyncConnection) -> None:
     """Create the head row if missing; safe when many sessions race to do it."""
     bind = session if isinstance(session, AsyncConnection) else session.bind
     dialect = bind.dialect.name if bind is not None else "sqlite"
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    await session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.execute(insert_(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
 
 
 #: The most a row stores of a call's (masked) arguments or detail; larger ones are kept as size and digest.
@@ -270,8 +269,8 @@ def build_row(
 
 
 _HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
-_INSERT = insert(AuditEntry.__table__)
-_MOVE_HEAD = update(AuditHead.__table__).where(AuditHead.id == 1).values(seq=bindparam("new_seq"),
+_INSERT = insert(cast(Table, AuditEntry.__table__))
+_MOVE_HEAD = update(cast(Table, AuditHead.__table__)).where(AuditHead.id == 1).values(seq=bindparam("new_seq"),
                                                                           hash=bindparam("new_hash"))
 
 

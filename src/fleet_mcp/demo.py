@@ -39,7 +39,7 @@ class Demo:
         })
         return env
 
-    async def human(self, _ctx: Any, params: Any) -> ElicitResult:
+    async def human(self, context: Any, params: Any) -> ElicitResult:
         self.questions.append(params.message)
         print(textwrap.indent("? " + params.message.replace("\n", "\n  "), "      "))
         print("      ! the operator approves")
@@ -63,10 +63,10 @@ class Demo:
         r = await client.call_tool(tool, args or {})
         data = r.structured_content or {}
         if r.is_error != expect_error:
-            text = r.content[0].text if r.content else ""
+            text = getattr(r.content[0], "text", "") if r.content else ""
             raise RuntimeError(f"step {self.n} {tool}: unexpected {'error' if r.is_error else 'success'}: {text}")
         if r.is_error:
-            print(f"     ✗ {r.content[0].text if r.content else data}")
+            print(f"     ✗ {getattr(r.content[0], 'text', '') if r.content else data}")
         else:
             summary = show(data) if show else _summarise(data)
             print(f"     ✓ {summary}")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from fleet_mcp.app import App
+    from fleet_mcp.policy.model import ApprovalSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Verdict:
     rule: str
     reason: str
     decision: str  # the policy's word: auto_approve | require_approval | deny | permission
-    approval: Any = None
+    approval: ApprovalSpec | None = None
     permission: str | None = None
 
 
@@ -311,7 +312,7 @@ class Gate:
                 raise InvalidArgument("; ".join(problems))
             args = self.parse(spec, raw_args)
         except (ValidationError, InvalidArgument) as exc:
-            detail = format_validation_error(exc) if isinstance(exc, ValidationError) else exc.message
+            detail: Any = format_validation_error(exc) if isinstance(exc, ValidationError) else exc.message
             msg = f"Invalid arguments for {spec.name}: {detail}"
             await self._audit_only(spec, caller, raw_args, t0, decision="invalid", outcome="invalid_arguments",
                                    detail={"error": msg})
@@ -500,6 +501,7 @@ class Gate:
         from fleet_mcp import approvals
 
         summary = await self.summary(spec, caller, args)
+        assert verdict.approval is not None  # a "queue" verdict carries its approval spec
         async with self.app.unit_of_work() as uow:
             req = await approvals.create_request(
                 uow.session, self.app, tool=spec.name, caller=caller, arguments=args, rule=verdict.rule,

@@ -232,7 +232,7 @@ async def authenticate(session: AsyncSession, token: str) -> Caller:
 
 async def authenticate_digest(session: AsyncSession, digest: str) -> Caller:
     """Resolve a token by its digest (a console session keeps only the digest); same errors as authenticate."""
-    row = (await session.execute(_BY_TOKEN, {"digest": digest})).first()
+    row: Any = (await session.execute(_BY_TOKEN, {"digest": digest})).first()
     if row is None or not hmac.compare_digest(row[0], digest):
         raise Unauthenticated("unknown bearer token", hint="create one with `fleet-mcp token create`")
     _, revoked_at, label, name, disabled, token_roles, principal_roles, account_id, account_name = row

@@ -6,18 +6,21 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy import text
 
+if TYPE_CHECKING:
+    from fleet_mcp.app import App
+
 log = logging.getLogger(__name__)
 
-Job = Callable[[Any], Awaitable[None]]
-JOBS: list[tuple[str, Callable[[Any], float], Job, bool]] = []
+Job = Callable[["App"], Awaitable[object]]
+JOBS: list[tuple[str, Callable[[App], float], Job, bool]] = []
 
 
-def job(name: str, interval: Callable[[Any], float], *, per_process: bool = False) -> Callable[[Job], Job]:
+def job(name: str, interval: Callable[[App], float], *, per_process: bool = False) -> Callable[[Job], Job]:
     """Register a background job; unless per_process, one replica at a time runs each tick."""
 
     def register(fn: Job) -> Job:
@@ -29,7 +32,7 @@ def job(name: str, interval: Callable[[Any], float], *, per_process: bool = Fals
 
 
 @job("approvals.sweep", lambda app: 30.0)
-async def sweep_approvals(app: Any) -> None:
+async def sweep_approvals(app: App) -> None:
     from fleet_mcp import approvals
 
     async with app.unit_of_work() as uow:
@@ -42,7 +45,7 @@ async def sweep_approvals(app: Any) -> None:
 
 
 @job("policy.reload_if_changed", lambda app: 5.0, per_process=True)
-async def reload_policy(app: Any) -> None:
+async def reload_policy(app: App) -> None:
     """Pick up edits to the policy file; an invalid edit is logged and the old policy stays."""
     await anyio.to_thread.run_sync(app.policy.reload_if_changed)
 
@@ -51,7 +54,7 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"fleet-mcp:{name}".encode()).digest()[:8], "big", signed=True)
 
 
-async def run_once(app: Any, name: str, fn: Job) -> bool:
+async def run_once(app: App, name: str, fn: Job) -> bool:
     """Run one tick of a job; on PostgreSQL only the replica holding the job's advisory lock runs it."""
     if app.engine is None or app.engine.dialect.name != "postgresql":
         await fn(app)
@@ -69,7 +72,7 @@ async def run_once(app: Any, name: str, fn: Job) -> bool:
             await conn.commit()
 
 
-async def _loop(app: Any, name: str, interval: Callable[[Any], float], fn: Job, per_process: bool) -> None:
+async def _loop(app: App, name: str, interval: Callable[[App], float], fn: Job, per_process: bool) -> None:
     while True:
         try:
             if per_process:
@@ -82,7 +85,7 @@ async def _loop(app: Any, name: str, interval: Callable[[Any], float], fn: Job, 
 
 
 @contextlib.asynccontextmanager
-async def run_scheduler(app: Any, *, enabled: bool = True) -> AsyncIterator[None]:
+async def run_scheduler(app: App, *, enabled: bool = True) -> AsyncIterator[None]:
     """Run every registered job in the background for the lifetime of the block."""
     import importlib
 

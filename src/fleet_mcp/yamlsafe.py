@@ -147,7 +147,7 @@ def load(text: str | bytes, *, max_depth: int, max_keys: int, line_depth: int | 
     lines = out.lines
     try:
         get = loader.get_event
-        ev = get()  # StreamStart
+        ev: Any = get()  # StreamStart
         ev = get()
         if isinstance(ev, yaml.StreamEndEvent):
             return out
@@ -235,7 +235,7 @@ def load(text: str | bytes, *, max_depth: int, max_keys: int, line_depth: int | 
             elif cls is yaml.AliasEvent:
                 raise YamlRefused("alias", "YAML anchors and aliases are not allowed", ev.start_mark, ev.anchor)
             elif cls is yaml.DocumentEndEvent:
-                nxt = get()
+                nxt: Any = get()
                 if not isinstance(nxt, yaml.StreamEndEvent):
                     raise YamlRefused("documents", "more than one YAML document", nxt.start_mark)
                 out.document = root

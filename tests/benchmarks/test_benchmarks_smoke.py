@@ -87,3 +87,54 @@ def test_report_states_floors_ratios_misses_and_rerun_commands() -> None:
     assert "MISSED" in table and "met" in table
     assert plot_groups(merged["series"])["p"][0].points == [(1, 1.0), (10, 2.0)]
     json.dumps(merged)
+
+
+def test_a_row_with_error_results_is_judged_missed(tmp_path: Path) -> None:
+    from benchmarks.common import RunContext
+
+    ctx = RunContext(quick=True, family="f", tmp=tmp_path, machine={})
+    good = ctx.add("a", "fast but failing", 1.0, "s", floor=1.0, target=("<=", 1.5), errors=3)
+    assert good.met is False and "3 error results" in good.note
+    assert ctx.add("b", "fast", 1.0, "s", floor=1.0, target=("<=", 1.5)).met is True
+    assert ctx.add("c", "no target, failing", 1.0, "MiB", errors=1).met is False
+
+
+def test_report_shows_each_familys_machine_and_names_speed_ups(tmp_path: Path) -> None:
+    from benchmarks.common import RunContext
+
+    res = _results("a", 0.6)
+    res["families"]["a"]["machine"] = {"cpu_count": 2, "cpu_model": "Test CPU 9000", "memory_bytes": 8 * 2**30,
+                                       "python": "3.11", "sqlite": "3.40", "commit": "c0ffee", "dirty": True}
+    ctx = RunContext(quick=True, family="a", tmp=tmp_path, machine={})
+    ctx.add("tick", "tick: speed-up", 0.01, "s", floor=1.0, floor_label="full report", ratio=100.0,
+            target=(">=", 20.0), compare="speed-up")
+    res["figures"].append(ctx.figures[-1].to_json())
+    md = render_markdown(res, None, {})
+    assert "Test CPU 9000" in md and "8.0 GiB memory" in md and "`c0ffee` (with uncommitted changes)" in md
+    assert "*speed-up over* 1.00 s (full report)" in md
+
+
+def test_strict_run_fails_when_a_family_crashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    import benchmarks.__main__ as runner
+
+    crashy = types.ModuleType("benchmarks.crashy")
+    crashy.TITLE = "Crashy"  # type: ignore[attr-defined]
+
+    async def run(ctx: object) -> None:
+        raise RuntimeError("boom")
+
+    crashy.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "benchmarks.crashy", crashy)
+    monkeypatch.setattr(runner, "FAMILIES", ("crashy",))
+    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    monkeypatch.setattr(runner, "result_path", lambda date, quick: tmp_path / "r.json")
+    monkeypatch.setattr(runner, "latest", lambda quick: None)
+    monkeypatch.setattr(runner, "machine_info", lambda: {"cpu_count": 1, "python": "3", "sqlite": "3"})
+    assert runner.main(["--quick", "--only", "crashy", "--docs", "never", "--strict"]) == 1
+    assert runner.main(["--quick", "--only", "crashy", "--docs", "never"]) == 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert "boom" in saved["families"]["crashy"]["error"] and saved["families"]["crashy"]["machine"]

@@ -150,6 +150,7 @@ class HangingServer:
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
+        self.connected = threading.Event()  # set once a client (git) has connected
         self.thread = threading.Thread(target=self._accept, daemon=True)
 
     def _accept(self) -> None:
@@ -159,6 +160,7 @@ class HangingServer:
             except OSError:
                 return
             self.conns.append(conn)
+            self.connected.set()
 
     def __enter__(self) -> HangingServer:
         self.thread.start()

@@ -32,7 +32,8 @@ async def test_writers_are_not_blocked_while_git_hangs(app) -> None:  # noqa: AN
             assert out.data["sync_run"]["error"]
 
         async def writer() -> None:
-            await anyio.sleep(0.5)  # let the sync reach git
+            # once git has connected, the sync is inside its fetch
+            assert await anyio.to_thread.run_sync(hanging.connected.wait, 30)
             out = await call_as(app, alice, "system_put_template", {"name": "meanwhile", "spec": {}})
             assert out.ok, out.message
             order.append("write")

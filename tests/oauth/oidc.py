@@ -19,11 +19,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx2
-import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from tests.conftest import IN_CI, _free_port, cli_env, run_cli
+from tests import services
+from tests.conftest import _free_port, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / ".cache" / "node" / "node_modules"
@@ -56,9 +56,7 @@ def node_available() -> bool:
 
 def require_node() -> None:
     if not node_available():
-        if IN_CI:
-            pytest.fail("oidc-provider is required in CI (scripts/test installs it under .cache/node)")
-        pytest.skip("oidc-provider not installed (scripts/test installs it under .cache/node)")
+        services.missing("oidc-provider (Node)", "scripts/test installs it under .cache/node")
 
 
 def new_key(kid: str) -> ECKey:

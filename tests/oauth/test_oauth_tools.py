@@ -11,9 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import IN_CI
+from tests import services
 from tests.oauth.conftest import OTHER_RESOURCE, Stack
 from tests.oauth.oidc import ROOT, new_key, post_mcp
 
@@ -74,9 +72,7 @@ def _inspector() -> str | None:
 def test_inspector_cli_connects_with_a_token_from_the_provider(stack: Stack) -> None:
     inspector = _inspector()
     if inspector is None:
-        if IN_CI:
-            pytest.fail("the MCP Inspector CLI is required in CI (scripts/test installs it)")
-        pytest.skip("MCP Inspector CLI not installed (scripts/test installs it)")
+        services.missing("the MCP Inspector CLI", "scripts/test installs it under .cache/node")
     token = stack.provider.token("alice")["access_token"]
     base = [inspector, "--cli", stack.mcp_url, "--transport", "http", "--header", f"Authorization: Bearer {token}"]
     proc = subprocess.run([*base, "--method", "tools/list"], capture_output=True, text=True, timeout=180)

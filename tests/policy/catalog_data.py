@@ -1,11 +1,13 @@
-"""Every tool of TOOLS.md transcribed by hand (annotations, permission, toolset, arguments, default.yaml's
-decision), so the policy tests do not depend on the registry; a registry-based test pins the real catalog."""
+"""The policy tests' catalog: every tool's facts (annotations, permission, toolset, arguments) come from the
+registry itself, so they cannot drift from it; by hand is only what `policies/default.yaml` is expected to
+decide for each tool (TOOLS.md's "default" column), and that table must name exactly the registry's tools."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from fleet_mcp.policy import ToolFacts
+from fleet_mcp.registry import ToolSpec, load_tools
 
 
 @dataclass(frozen=True)
@@ -13,110 +15,104 @@ class Row:
     name: str
     toolset: str
     permission: str
-    flags: str  # "RO", "D", "I" as in TOOLS.md's "ann." column
-    args: tuple[str, ...] | None  # None: not known yet
+    flags: str  # "RO", "D", "I" as in TOOLS.md's "ann." column (read-only tools are also idempotent)
+    args: tuple[str, ...]
     default: str  # default.yaml's decision for the tool with default arguments
     sod: bool = False  # default.yaml demands separation of duties
 
 
 A, R, N = "auto_approve", "require_approval", "deny"
 
+# default.yaml's expected decision for each tool with default arguments, and whether it demands separation of
+# duties. A tool added to the registry without a line here fails test_expected_decisions_name_every_tool.
 # fmt: off
-ROWS: tuple[Row, ...] = (
+EXPECTED: dict[str, tuple[str, bool]] = {
     # GitOps
-    Row("system_gitops_register_repository", "gitops", "system.gitops.write", "",
-        ("name", "repo_url", "branch", "path_prefix", "credential", "auto_apply"), A),
-    Row("system_gitops_list_repositories", "gitops", "system.gitops.read", "RO", (), A),
-    Row("system_gitops_get_repository", "gitops", "system.gitops.read", "RO", ("repository_id",), A),
-    Row("system_gitops_update_repository", "gitops", "system.gitops.write", "I",
-        ("repository_id", "branch", "path_prefix", "credential", "auto_apply", "enabled"), A),
-    Row("system_gitops_delete_repository", "gitops", "system.gitops.write", "D", ("repository_id",), R),
-    Row("system_gitops_sync_repository", "gitops", "system.gitops.sync", "", ("repository_id",), A),
-    Row("system_gitops_list_sync_runs", "gitops", "system.gitops.read", "RO", ("repository_id", "limit"), A),
-    Row("system_gitops_get_sync_run", "gitops", "system.gitops.read", "RO", ("sync_run_id",), A),
-    Row("system_gitops_get_drift_report", "gitops", "system.gitops.read", "RO", ("repository_id",), A),
-    Row("system_gitops_list_proposals", "gitops", "system.gitops.read", "RO",
-        ("repository_id", "sync_run_id", "status"), A),
-    Row("system_gitops_get_proposal", "gitops", "system.gitops.read", "RO", ("proposal_id",), A),
-    Row("system_gitops_apply_proposal", "gitops", "system.gitops.apply", "D", ("proposal_id", "force"), R),
-    Row("system_gitops_apply_sync_run", "gitops", "system.gitops.apply", "D", ("sync_run_id", "force"), R),
-    Row("system_gitops_reject_proposal", "gitops", "system.gitops.apply", "", ("proposal_id", "reason"), A),
-    Row("system_gitops_suppress_drift", "gitops", "system.gitops.write", "",
-        ("kind", "name", "reason", "until"), A),
+    "system_gitops_register_repository": (A, False),
+    "system_gitops_list_repositories": (A, False),
+    "system_gitops_get_repository": (A, False),
+    "system_gitops_update_repository": (A, False),
+    "system_gitops_delete_repository": (R, False),
+    "system_gitops_sync_repository": (A, False),
+    "system_gitops_list_sync_runs": (A, False),
+    "system_gitops_get_sync_run": (A, False),
+    "system_gitops_get_drift_report": (A, False),
+    "system_gitops_list_proposals": (A, False),
+    "system_gitops_get_proposal": (A, False),
+    "system_gitops_apply_proposal": (R, False),
+    "system_gitops_apply_sync_run": (R, False),
+    "system_gitops_reject_proposal": (A, False),
+    "system_gitops_suppress_drift": (A, False),
     # Live fleet state
-    Row("system_list_templates", "fleet", "system.fleet.read", "RO", (), A),
-    Row("system_list_modules", "fleet", "system.fleet.read", "RO", (), A),
-    Row("system_list_assignments", "fleet", "system.fleet.read", "RO", (), A),
-    Row("system_list_provider_configs", "fleet", "system.fleet.read", "RO", (), A),
-    Row("system_get_template", "fleet", "system.fleet.read", "RO", ("name",), A),
-    Row("system_get_module", "fleet", "system.fleet.read", "RO", ("name",), A),
-    Row("system_get_provider_config", "fleet", "system.fleet.read", "RO", ("name",), A),
-    Row("system_put_template", "fleet", "system.fleet.write", "I", ("name", "spec"), A),
-    Row("system_put_module", "fleet", "system.fleet.write", "I", ("name", "spec"), A),
-    Row("system_put_provider_config", "fleet", "system.fleet.write", "I", ("name", "spec"), A),
-    Row("system_delete_template", "fleet", "system.fleet.write", "D", ("name",), R),
-    Row("system_delete_module", "fleet", "system.fleet.write", "D", ("name",), R),
-    Row("system_delete_provider_config", "fleet", "system.fleet.write", "D", ("name",), R),
-    Row("system_assign_module_to_template", "fleet", "system.fleet.write", "I",
-        ("template", "module", "enabled", "priority", "config"), A),
-    Row("system_unassign_module_from_template", "fleet", "system.fleet.write", "D",
-        ("template", "module"), A),
-    Row("system_recent_signals", "fleet", "system.fleet.read", "RO", ("kind", "limit"), A),
+    "system_list_templates": (A, False),
+    "system_list_modules": (A, False),
+    "system_list_assignments": (A, False),
+    "system_list_provider_configs": (A, False),
+    "system_get_template": (A, False),
+    "system_get_module": (A, False),
+    "system_get_provider_config": (A, False),
+    "system_put_template": (A, False),
+    "system_put_module": (A, False),
+    "system_put_provider_config": (A, False),
+    "system_delete_template": (R, False),
+    "system_delete_module": (R, False),
+    "system_delete_provider_config": (R, False),
+    "system_assign_module_to_template": (A, False),
+    "system_unassign_module_from_template": (A, False),
+    "system_recent_signals": (A, False),
     # SD-WAN federation
-    Row("system_sdwan_propose_federation_peer", "federation", "sdwan.federation.manage", "",
-        ("remote_account", "remote_prefix_advertisement", "token_ttl_seconds", "remote_federation_domain"), R),
-    Row("system_sdwan_accept_federation_peer", "federation", "sdwan.federation.manage", "",
-        ("federation_peer_id", "acceptance_token"), R),
-    Row("system_sdwan_accept_remote_federation_peer", "federation", "sdwan.federation.manage", "",
-        ("peering_token",), R),
-    Row("system_sdwan_refresh_federation_peer", "federation", "sdwan.federation.manage", "",
-        ("federation_peer_id",), A),
-    Row("system_sdwan_rotate_intermediate_ca", "federation", "sdwan.federation.manage", "", (), R),
-    Row("system_sdwan_regenerate_acceptance_token", "federation", "sdwan.federation.manage", "",
-        ("federation_peer_id", "token_ttl_seconds"), R),
-    Row("system_sdwan_list_federation_peers", "federation", "sdwan.federation.read", "RO", ("status",), A),
-    Row("system_sdwan_get_federation_peer", "federation", "sdwan.federation.read", "RO",
-        ("federation_peer_id",), A),
-    Row("system_sdwan_verify_federation_handshake", "federation", "sdwan.federation.manage", "",
-        ("federation_peer_id",), A),
-    Row("system_sdwan_suspend_federation_peer", "federation", "sdwan.federation.manage", "",
-        ("federation_peer_id", "reason"), R),
-    Row("system_sdwan_resume_federation_peer", "federation", "sdwan.federation.manage", "",
-        ("federation_peer_id", "reason"), R),
-    Row("system_sdwan_revoke_federation_peer", "federation", "sdwan.federation.manage", "D",
-        ("federation_peer_id", "reason"), R),
-    Row("system_sdwan_federation_scan", "federation", "sdwan.federation.read", "RO", (), A),
-    Row("system_sdwan_issue_node_certificate", "federation", "sdwan.federation.manage", "",
-        ("node_name", "csr_pem"), A),
-    Row("system_sdwan_get_trust_bundle", "federation", "sdwan.federation.read", "RO", ("include_crls",), A),
+    "system_sdwan_propose_federation_peer": (R, False),
+    "system_sdwan_accept_federation_peer": (R, False),
+    "system_sdwan_accept_remote_federation_peer": (R, False),
+    "system_sdwan_refresh_federation_peer": (A, False),
+    "system_sdwan_rotate_intermediate_ca": (R, False),
+    "system_sdwan_regenerate_acceptance_token": (R, False),
+    "system_sdwan_list_federation_peers": (A, False),
+    "system_sdwan_get_federation_peer": (A, False),
+    "system_sdwan_verify_federation_handshake": (A, False),
+    "system_sdwan_suspend_federation_peer": (R, False),
+    "system_sdwan_resume_federation_peer": (R, False),
+    "system_sdwan_revoke_federation_peer": (R, False),
+    "system_sdwan_federation_scan": (A, False),
+    "system_sdwan_issue_node_certificate": (A, False),
+    "system_sdwan_get_trust_bundle": (A, False),
     # Vault
-    Row("system_vault_store_credential", "vault", "system.credentials.write", "I",
-        ("name", "kind", "secret", "metadata"), A),
-    Row("system_vault_list_credentials", "vault", "system.credentials.read", "RO", ("kind",), A),
-    Row("system_vault_delete_credential", "vault", "system.credentials.write", "D", ("name",), R),
-    Row("system_vault_get_pepper_status", "vault", "system.credentials.read", "RO", (), A),
-    Row("system_rotate_vault_transit_pepper", "vault", "system.fleet.autonomy", "D",
-        ("reencrypt_existing", "batch_size", "wait"), R, sod=True),
-    Row("system_vault_get_rotation_job", "vault", "system.credentials.read", "RO", ("job_id",), A),
-    Row("system_vault_resume_rotation_job", "vault", "system.fleet.autonomy", "I", ("job_id",), A),
-    Row("system_vault_verify_credentials", "vault", "system.credentials.read", "RO", ("account",), A),
-    Row("system_vault_finalize_pepper_rotation", "vault", "system.fleet.autonomy", "D",
-        ("min_decryption_version",), R),
-    Row("system_vault_trim_pepper_key", "vault", "system.fleet.autonomy", "D", None, R, sod=True),
+    "system_vault_store_credential": (A, False),
+    "system_vault_list_credentials": (A, False),
+    "system_vault_delete_credential": (R, False),
+    "system_vault_get_pepper_status": (A, False),
+    "system_rotate_vault_transit_pepper": (R, True),
+    "system_vault_get_rotation_job": (A, False),
+    "system_vault_resume_rotation_job": (A, False),
+    "system_vault_verify_credentials": (A, False),
+    "system_vault_finalize_pepper_rotation": (R, False),
+    "system_vault_trim_pepper_key": (R, True),
     # Approvals, audit, policy
-    Row("system_approvals_list", "approvals", "system.approvals.read", "RO", ("status",), A),
-    Row("system_approvals_get", "approvals", "system.approvals.read", "RO", ("approval_id",), A),
-    Row("system_approvals_decide", "approvals", "system.approvals.decide", "",
-        ("approval_id", "decision", "reason"), A),
-    Row("system_approvals_cancel", "approvals", "system.approvals.read", "", ("approval_id", "reason"), A),
-    Row("system_approvals_collect_result", "approvals", "system.approvals.read", "", ("approval_id",), A),
-    Row("system_audit_query", "audit", "system.audit.read", "RO",
-        ("tool", "principal", "since", "limit", "approval_id"), A),
-    Row("system_audit_verify", "audit", "system.audit.read", "RO", (), A),
-    Row("system_policy_explain", "audit", "system.audit.read", "RO", ("tool", "arguments"), A),
-)
+    "system_approvals_list": (A, False),
+    "system_approvals_get": (A, False),
+    "system_approvals_decide": (A, False),
+    "system_approvals_cancel": (A, False),
+    "system_approvals_collect_result": (A, False),
+    "system_audit_query": (A, False),
+    "system_audit_verify": (A, False),
+    "system_policy_explain": (A, False),
+}
 # fmt: on
 
+
+def _flags(spec: ToolSpec) -> str:
+    if spec.read_only:
+        return "RO"
+    return " ".join(f for f, on in (("D", spec.destructive), ("I", spec.idempotent)) if on)
+
+
+def _row(spec: ToolSpec) -> Row:
+    default, sod = EXPECTED.get(spec.name, (N, False))
+    return Row(spec.name, spec.toolset, spec.permission, _flags(spec), tuple(spec.input_model.model_fields),
+               default, sod)
+
+
+ROWS: tuple[Row, ...] = tuple(_row(spec) for spec in load_tools().values())
 BY_NAME: dict[str, Row] = {r.name: r for r in ROWS}
 
 # Tools whose `force: true` needs approval by a second person in default.yaml.
@@ -130,17 +126,16 @@ def facts(row: Row) -> ToolFacts:
         toolset=row.toolset,
         read_only="RO" in row.flags.split(),
         destructive="D" in row.flags.split(),
-        # a read-only tool is idempotent too (the registry sets both; TOOLS.md writes only "RO")
         idempotent=bool({"I", "RO"} & set(row.flags.split())),
-        arg_names=None if row.args is None else frozenset(row.args),
+        arg_names=frozenset(row.args),
     )
 
 
 def build_catalog(rows: tuple[Row, ...] = ROWS) -> dict[str, ToolFacts]:
-    """A policy catalog (tool name -> ToolFacts) from rows transcribed from TOOLS.md."""
+    """A policy catalog (tool name -> ToolFacts) from the rows; from all rows it is the registry's catalog."""
     return {r.name: facts(r) for r in rows}
 
 
 def default_arguments(row: Row) -> dict[str, object]:
     """Arguments as a validated input model would dump them: `force` present and false."""
-    return {"force": False} if row.args and "force" in row.args else {}
+    return {"force": False} if "force" in row.args else {}

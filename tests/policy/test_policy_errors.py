@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -360,7 +361,9 @@ def test_deep_nesting_is_refused_without_recursion(catalog: dict[str, ToolFacts]
 
 
 def test_args_key_check_skips_tools_with_unknown_arguments(catalog: dict[str, ToolFacts]) -> None:
-    """system_vault_trim_pepper_key has no known argument names in the test catalog."""
+    """A catalog entry without known argument names (arg_names=None) accepts any `args` key."""
+    trim = catalog["system_vault_trim_pepper_key"]
+    catalog = {**catalog, trim.name: dataclasses.replace(trim, arg_names=None)}
     policy = load_policy(
         "version: 1\nrules:\n  - name: t\n"
         "    match: {tools: [system_vault_trim_pepper_key], args: {keep: 2}}\n    decision: deny\n",

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from fleet_mcp.policy import Policy, PolicyError, ToolFacts, load_policy
-from tests.policy.catalog_data import BY_NAME, FORCE_TOOLS, ROWS, Row, build_catalog, default_arguments, facts
+from fleet_mcp.registry import catalog as registry_catalog
+from fleet_mcp.registry import load_tools
+from tests.policy.catalog_data import (
+    EXPECTED,
+    FORCE_TOOLS,
+    ROWS,
+    Row,
+    build_catalog,
+    default_arguments,
+    facts,
+)
 
 SHIPPED = ("default.yaml", "read-only.yaml", "strict.yaml")
 Shipped = dict[str, Policy]
@@ -122,10 +132,15 @@ def test_readme_examples_are_valid_policies(policies_dir: Path, catalog: dict[st
         load_policy(block, catalog, name="README.md")
 
 
-def test_catalog_transcription_is_consistent() -> None:
-    """Guards the hand transcription: read-only tools are never destructive, names are unique."""
-    assert len(BY_NAME) == len(ROWS)
+def test_catalog_is_the_registry_catalog_exactly() -> None:
+    """The policy tests run against the real tool facts: the same tools, permissions, annotations, arguments."""
+    assert build_catalog() == registry_catalog()
+
+
+def test_expected_decisions_name_every_tool() -> None:
+    """The hand-kept table of default.yaml's expected decisions names exactly the registry's tools: a new tool
+    needs its expected decision written down, a removed tool must leave the table."""
+    assert set(EXPECTED) == set(load_tools())
     for row in ROWS:
         assert set(row.flags.split()) <= {"RO", "D", "I"}
         assert not {"RO", "D"} <= set(row.flags.split())
-        assert row.name.startswith("system_")

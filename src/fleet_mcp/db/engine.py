@@ -16,20 +16,22 @@ def is_sqlite(url: str) -> bool:
 
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False,
-                  write_lock: WriteLock | None = None) -> AsyncEngine:
+                  write_lock: WriteLock | None = None, sqlite_driver: sqlite_inline.Driver = "inline"
+                  ) -> AsyncEngine:
     """Create an async engine. On SQLite every write transaction begins IMMEDIATE (it takes the write lock
-    up front, so a transaction that reads then writes queues instead of failing "database is locked").
+    up front, so a transaction that reads then writes queues instead of failing "database is locked"), on
+    the chosen driver (`inline` runs short statements on the loop, `aiosqlite` on a thread per connection).
     A `readonly` engine refuses writes (SQLite `query_only`, PostgreSQL read-only transactions); on SQLite
     it begins plain (deferred) transactions: in WAL mode readers never wait for the writer.
-    `write_lock` is told when a write transaction begins and ends, so a task that holds a unit of work and
-    begins a second write transaction fails at once instead of waiting on itself. Bound parameters never
-    appear in SQL error messages or logs (they can hold ciphertexts and digests)."""
+    `write_lock` is told when a write transaction begins and ends, so a unit of work that begins a second
+    write transaction fails at once instead of waiting on itself. Bound parameters never appear in SQL error
+    messages or logs (they can hold ciphertexts and digests)."""
     if is_sqlite(url):
-        engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}, module=sqlite_inline.dbapi(),
-            hide_parameters=True,
-        )
-        _install_sqlite_pragmas(engine, readonly=readonly, write_lock=write_lock)
+        engine = create_async_engine(url, echo=echo, hide_parameters=True,
+                                     **sqlite_inline.engine_options(url, sqlite_driver))
+        sqlite_inline.remember(engine, sqlite_driver)
+        _install_sqlite_pragmas(engine, readonly=readonly, busy_timeout_ms=sqlite_inline.busy_timeout_ms(sqlite_driver),
+                                write_lock=write_lock)
     else:
         connect_args = {"server_settings": {"default_transaction_read_only": "on"}} if readonly else {}
         engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
@@ -41,6 +43,9 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly
 
 def _install_write_guard(engine: AsyncEngine, lock: WriteLock, *, check_begin: bool) -> None:
     def _begun(conn: Any) -> None:
+        # An autocommit connection (the local keyring's kept reader) holds no transaction to wait behind.
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return
         lock.on_begin(conn)
 
     def _ended(conn: Any) -> None:
@@ -52,23 +57,23 @@ def _install_write_guard(engine: AsyncEngine, lock: WriteLock, *, check_begin: b
     event.listen(engine.sync_engine, "rollback", _ended)
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False, write_lock: WriteLock | None = None
-                            ) -> None:
+def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False, busy_timeout_ms: int = 0,
+                            write_lock: WriteLock | None = None) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        # No busy timeout: the driver waits for another process's write lock without blocking the loop.
-        cur.execute("PRAGMA busy_timeout=0")
+        # Inline driver: no busy timeout, it waits for another process's write lock without blocking the loop.
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if readonly:
             cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     # The driver runs in autocommit mode (isolation_level=None); transactions are opened here. Within this
     # process, write transactions queue on the unit of work's explicit lock (fleet_mcp.db.uow) before they
-    # get here; against other processes the driver waits for SQLite's lock with asyncio sleeps.
+    # get here; against other processes the driver waits for SQLite's lock.
     statement = "BEGIN" if readonly else "BEGIN IMMEDIATE"
 
     @event.listens_for(engine.sync_engine, "begin")

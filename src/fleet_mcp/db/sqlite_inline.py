@@ -7,21 +7,31 @@ long goes to a thread: `executemany` of many rows and the rest of a large result
 
 Lock waits never block the loop: connections have no SQLite busy timeout; a statement that meets
 SQLITE_BUSY (another process holds the write lock) is retried after an asyncio sleep until the
-connection's `timeout` has passed. Plugged into SQLAlchemy's aiosqlite dialect with `module=`.
+connection's `timeout` has passed.
+
+The connection is shaped like an `aiosqlite.Connection` and handed to SQLAlchemy's aiosqlite dialect through
+the public `async_creator=` argument of `create_async_engine` (see `engine_options`): nothing here imports
+SQLAlchemy's private adapter classes. `FLEET_MCP_SQLITE_DRIVER=aiosqlite` runs on aiosqlite itself instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection, AsyncAdapt_aiosqlite_dbapi
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
+Driver = Literal["inline", "aiosqlite"]
+DRIVERS: tuple[Driver, ...] = ("inline", "aiosqlite")
+#: Seconds a connection waits for another process's write lock (both drivers).
+LOCK_TIMEOUT = 30.0
 
 #: More parameter sets than this and `executemany` runs in a worker thread.
 THREAD_MANY = 64
@@ -40,8 +50,17 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 class Cursor:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        assert conn._conn is not None
         self._cursor = conn._conn.cursor()
         conn._cursors.add(self._cursor)
+
+    def __await__(self) -> Generator[Any, None, Cursor]:
+        """`await conn.cursor()` works as on aiosqlite (SQLAlchemy 2.0's adapter awaits it; 2.1's does not)."""
+
+        async def itself() -> Cursor:
+            return self
+
+        return itself().__await__()
 
     async def __aenter__(self) -> Cursor:
         return self
@@ -112,7 +131,7 @@ class Connection:
         return self._conn.isolation_level
 
     @isolation_level.setter
-    def isolation_level(self, value: str | None) -> None:
+    def isolation_level(self, value: Any) -> None:  # sqlite3 takes None, "DEFERRED", "IMMEDIATE", "EXCLUSIVE"
         assert self._conn is not None
         self._conn.isolation_level = value
 
@@ -155,6 +174,10 @@ class Connection:
             raise ValueError("Connection closed")
         return Cursor(self)
 
+    async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
+        """As `aiosqlite.Connection.execute`: a new cursor that has run `sql`."""
+        return await self.cursor().execute(sql, parameters)
+
     async def commit(self) -> None:
         assert self._conn is not None
         await self._call(False, self._conn.commit)
@@ -192,53 +215,51 @@ async def connect(database: str, *, timeout: float = 5.0, **kw: Any) -> Connecti
     return Connection(conn, timeout)
 
 
-class _Module:
-    """What the aiosqlite dialect reads from its driver module."""
-
-    Connection = Connection
-    connect = staticmethod(connect)
-    DatabaseError = sqlite3.DatabaseError
-    Error = sqlite3.Error
-    IntegrityError = sqlite3.IntegrityError
-    NotSupportedError = sqlite3.NotSupportedError
-    OperationalError = sqlite3.OperationalError
-    ProgrammingError = sqlite3.ProgrammingError
-    sqlite_version = sqlite3.sqlite_version
-    sqlite_version_info = sqlite3.sqlite_version_info
-    __version__ = "fleet-inline"
+#: The driver each SQLite engine was created with (`remember`), for engines opened beside it (`driver_of`).
+_DRIVERS: weakref.WeakKeyDictionary[Any, Driver] = weakref.WeakKeyDictionary()
 
 
-class _AdaptedConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
-
-    @property
-    def isolation_level(self) -> str | None:
-        return self._connection.isolation_level
-
-    @isolation_level.setter
-    def isolation_level(self, value: str | None) -> None:
-        self._connection.isolation_level = value
+def remember(engine: AsyncEngine, driver: Driver) -> None:
+    _DRIVERS[engine.sync_engine] = driver
 
 
-class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    def __init__(self) -> None:
-        super().__init__(_Module, sqlite3)  # type: ignore[arg-type]
+def driver_of(engine: AsyncEngine) -> Driver:
+    """The driver an engine made by `fleet_mcp.db.engine.create_engine` runs on (aiosqlite for others)."""
+    return _DRIVERS.get(engine.sync_engine, "aiosqlite")
 
-    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
-        from sqlalchemy.util import await_only
 
-        return _AdaptedConnection(self, await_only(connect(*arg, **kw)))
+def engine_options(url: str | URL, driver: Driver) -> dict[str, Any]:
+    """Keyword arguments for `create_async_engine` of a `sqlite+aiosqlite://` URL on the chosen driver.
+    Both run in autocommit mode (isolation_level=None): the engine opens transactions itself."""
+    if driver == "aiosqlite":
+        return {"connect_args": {"timeout": LOCK_TIMEOUT, "isolation_level": None}}
+    if driver != "inline":
+        raise ValueError(f"unknown SQLite driver {driver!r}; known: {', '.join(DRIVERS)}")
+    database = make_url(url).database or ":memory:"
+    return {"async_creator": functools.partial(connect, database, timeout=LOCK_TIMEOUT, isolation_level=None)}
+
+
+def busy_timeout_ms(driver: Driver) -> int:
+    """SQLite's own busy timeout: none for the inline driver (it waits with asyncio sleeps, never blocking the
+    loop), the lock timeout for aiosqlite (its worker thread may block)."""
+    return 0 if driver == "inline" else int(LOCK_TIMEOUT * 1000)
+
+
+async def _execute(driver_conn: Any, sql: str) -> None:
+    if isinstance(driver_conn, Connection):
+        assert driver_conn._conn is not None
+        await driver_conn._call(False, driver_conn._conn.execute, sql)
+    else:  # an aiosqlite.Connection
+        cursor = await driver_conn.execute(sql)
+        await cursor.close()
 
 
 def run(sa_connection: Any, sql: str) -> None:
     """Run one statement straight on the driver connection of a SQLAlchemy connection, from inside its
-    greenlet (an engine event): BEGIN without the cost of SQLAlchemy's execution machinery."""
-    from sqlalchemy.util import await_only
+    greenlet (an engine event): BEGIN without the cost of SQLAlchemy's execution machinery. Uses only public
+    SQLAlchemy API (`AdaptedConnection.run_async`)."""
+    adapted = sa_connection.connection.dbapi_connection
+    adapted.run_async(lambda driver_conn: _execute(driver_conn, sql))
 
-    conn = sa_connection.connection.driver_connection
-    await_only(conn._call(False, conn._conn.execute, sql))
 
-
-def dbapi() -> InlineDBAPI:
-    """The `module=` to give `create_async_engine` for a `sqlite+aiosqlite://` URL."""
-    return InlineDBAPI()
+__all__ = ["DRIVERS", "Connection", "Cursor", "Driver", "busy_timeout_ms", "connect", "engine_options", "run"]

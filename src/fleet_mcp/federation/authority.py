@@ -224,8 +224,8 @@ class Authorities:
                 )
             )
         ).all()
-        root_revoked = [(pki.serial_from_hex(s), at) for kind, s, at in rows if kind == "cross"]
-        inter_revoked = [(pki.serial_from_hex(s), at) for kind, s, at in rows if kind == "node"]
+        root_revoked = [(pki.serial_from_hex(s), at) for kind, s, at in rows if kind == "cross" and at is not None]
+        inter_revoked = [(pki.serial_from_hex(s), at) for kind, s, at in rows if kind == "node" and at is not None]
         ca.root_crl_number = (ca.root_crl_number or 1) + 1
         ca.intermediate_crl_number = (ca.intermediate_crl_number or 1) + 1
         self._sign_crls(

@@ -70,9 +70,9 @@ async def refresh_remote_bundles(app: Any) -> int:
     for peer_id in ids:
         async with app.unit_of_work() as uow:
             session = uow.session
-            before = (await session.get(FederationPeer, peer_id)).status  # type: ignore[union-attr]
+            before = (await session.get(FederationPeer, peer_id)).status
             outcome = await svc.refresh_remote(session, peer_id=peer_id)
-            after = (await session.get(FederationPeer, peer_id)).status  # type: ignore[union-attr]
+            after = (await session.get(FederationPeer, peer_id)).status
             if outcome != "ok" or before != after:
                 changed += 1
                 await audit.append(

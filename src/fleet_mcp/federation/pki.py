@@ -318,7 +318,7 @@ def cross_sign_intermediate(
         x509.CertificateBuilder()
         .subject_name(peer_intermediate_cert.subject)
         .issuer_name(signer_root_cert.subject)
-        .public_key(peer_intermediate_cert.public_key())  # type: ignore[arg-type]
+        .public_key(peer_intermediate_cert.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + BACKDATE + lifetime)

@@ -210,7 +210,7 @@ def dump_attributes(spec: _Spec) -> dict[str, Any]:
     return {k: _sorted_deep(v) for k, v in spec.model_dump(mode="json").items()}
 
 
-def validate_spec(kind: str, spec: Mapping[str, Any] | _Spec) -> _Spec:
+def validate_spec(kind: str, spec: Mapping[str, Any] | BaseModel) -> _Spec:
     """Validate `spec` for `kind`; InvalidArgument lists every problem with its dotted path."""
     model = SPEC_BY_KIND[check_kind(kind)]
     if isinstance(spec, model):
@@ -229,7 +229,7 @@ def validate_spec(kind: str, spec: Mapping[str, Any] | _Spec) -> _Spec:
         ) from None
 
 
-def canonical_attributes(kind: str, spec: Mapping[str, Any] | _Spec) -> dict[str, Any]:
+def canonical_attributes(kind: str, spec: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
     """JSON-ready attributes of a resource with stable key order and every default filled in."""
     return dump_attributes(validate_spec(kind, spec))
 

@@ -147,14 +147,15 @@ async def _locked_rows(
     rows: dict[tuple[str, str], Any] = {}
     for kind, wanted in names.items():
         model = MODEL_BY_KIND[kind]
+        found: Any
         for i in range(0, len(wanted), _CHUNK):
             stmt = (
                 select(model)
                 .where(model.account_id == account_id, model.name.in_(wanted[i : i + _CHUNK]))
                 .with_for_update()
             )
-            for row in (await session.execute(stmt)).scalars():
-                rows[(kind, row.name)] = row
+            for found in (await session.execute(stmt)).scalars():
+                rows[(kind, found.name)] = found
     return rows
 
 
@@ -231,7 +232,7 @@ async def _apply(
 
     await bump_generation(session, account_id)
     # Every proposal gets the same values: one UPDATE, then the loaded objects are told, not dirtied.
-    values = {
+    applied: dict[str, Any] = {
         "status": "applied",
         "applied_at": now,
         "decided_by": applied_by,
@@ -245,11 +246,11 @@ async def _apply(
         await session.execute(
             update(GitOpsProposal)
             .where(GitOpsProposal.id.in_(ids[i : i + _CHUNK]))
-            .values(**values)
+            .values(**applied)
             .execution_options(synchronize_session=False)
         )
     for p in ordered:
-        for key, value in values.items():
+        for key, value in applied.items():
             set_committed_value(p, key, value)
     await events.emit(
         session,

@@ -84,7 +84,7 @@ async def drift_tick(
 
     async def desired_state() -> DesiredState:
         if not loaded:
-            raw = (
+            raw: Any = (
                 await session.execute(select(GitOpsRepository.desired_state).where(GitOpsRepository.id == repo.id))
             ).scalar_one()
             loaded.append(DesiredState.from_json(raw or {}))

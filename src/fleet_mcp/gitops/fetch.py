@@ -317,7 +317,8 @@ def _run_git(
         with_extended_output=True,
         start_new_session=True,
     )
-    proc: subprocess.Popen[bytes] = handle.proc
+    proc = handle.proc
+    assert proc is not None
     try:
         _, err = proc.communicate(timeout=remaining)
     except subprocess.TimeoutExpired:

@@ -170,8 +170,8 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
                     errors.append(
                         _with_line(f"{format_loc((section, name))}: invalid name: {problem}", (section, name), lines)
                     )
-    templates = doc.get("templates") if isinstance(doc.get("templates"), dict) else {}
-    modules = doc.get("modules") if isinstance(doc.get("modules"), dict) else {}
+    templates = doc["templates"] if isinstance(doc.get("templates"), dict) else {}
+    modules = doc["modules"] if isinstance(doc.get("modules"), dict) else {}
     assignments = doc.get("assignments")
     if isinstance(assignments, dict):
         for name in assignments:
@@ -201,12 +201,12 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
 
     resources: dict[str, dict[str, dict[str, Any]]] = {}
     for kind in KINDS:
-        section: dict[str, Any] = getattr(model, SECTION_BY_KIND[kind])
-        resources[kind] = {name: dump_attributes(spec) for name, spec in section.items()}
+        specs: dict[str, Any] = getattr(model, SECTION_BY_KIND[kind])
+        resources[kind] = {name: dump_attributes(spec) for name, spec in specs.items()}
     return DesiredState(resources=resources, fleet=dump_attributes(model.fleet) if model.fleet else None)
 
 
-def _with_line(line: str, loc: tuple[Any, ...], lines: Mapping[tuple[str, ...], int]) -> str:
+def _with_line(line: str, loc: tuple[Any, ...], lines: Mapping[tuple[str | int, ...], int]) -> str:
     for n in range(min(len(loc), 3), 0, -1):
         at = lines.get(tuple(str(p) for p in loc[:n]))
         if at is not None:

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import case, func, literal, literal_column, or_, select, union_all
 from sqlalchemy.dialects.postgresql import aggregate_order_by
@@ -38,12 +39,12 @@ async def next_suppression_expiry(session: AsyncSession, *, account_id: int, now
     """The earliest future end of a drift suppression in the account (None if none will end)."""
     parts = []
     for kind in KINDS:
-        model = MODEL_BY_KIND[kind]
+        model: Any = MODEL_BY_KIND[kind]
         until = model.drift_suppressed_until
         parts.append(
             select(func.min(until)).where(model.account_id == account_id, until > now, until < SUPPRESS_FOREVER)
         )
-    rows = (await session.execute(union_all(*parts))).scalars().all()
+    rows: list[Any] = list((await session.execute(union_all(*parts))).scalars().all())
     found = [r for r in rows if r is not None]
     return min(found) if found else None
 
@@ -67,7 +68,7 @@ async def live_digest(
     aggregates = []
     foreign_parts = []
     for kind in KINDS:
-        model = MODEL_BY_KIND[kind]
+        model: Any = MODEL_BY_KIND[kind]
         active = case((model.drift_suppressed_until > now, "1"), else_="0")
         line = (literal(kind) + "|" + model.name + "|" + model.fingerprint + "|" + active + "\n").label("line")
         mine = or_(~model.managed_by.like("gitops:%"), model.managed_by == owner)
@@ -86,7 +87,7 @@ async def live_digest(
     for part in (await conn.execute(select(*aggregates))).one():
         h.update((part or "").encode())
         h.update(b"\x1e")
-    foreign = (await conn.execute(union_all(*foreign_parts))).all()
+    foreign: list[Any] = list((await conn.execute(union_all(*foreign_parts))).all())
     if foreign:
         state = await desired()
         lines = sorted(
@@ -106,7 +107,7 @@ async def load_live(
     suppressed: dict[tuple[str, str], Suppression] = {}
     conn = await session.connection()
     for kind in KINDS:
-        model = MODEL_BY_KIND[kind]
+        model: Any = MODEL_BY_KIND[kind]
         stmt = select(
             model.name,
             model.attributes,
@@ -117,7 +118,8 @@ async def load_live(
             model.drift_suppressed_reason,
         ).where(model.account_id == account_id)
         bucket: dict[str, LiveResource] = {}
-        for name, attributes, fp, revision, managed_by, until, reason in (await conn.execute(stmt)).all():
+        rows: list[Any] = list((await conn.execute(stmt)).all())
+        for name, attributes, fp, revision, managed_by, until, reason in rows:
             if not _in_scope(managed_by, owner, kind, name, desired):
                 continue
             bucket[name] = LiveResource(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -184,14 +185,16 @@ async def delete_repository(session: AsyncSession, *, account_id: int, repositor
     owner = gitops_owner(repo.id)
     released = 0
     for model in MODEL_BY_KIND.values():
-        res = await session.execute(
+        res = cast(CursorResult[Any], await session.execute(
             update(model).where(model.account_id == account_id, model.managed_by == owner).values(managed_by=MANUAL)
-        )
+        ))
         released += res.rowcount or 0
     if released:
         await bump_generation(session, account_id)
-    proposals = await session.execute(delete(GitOpsProposal).where(GitOpsProposal.repository_id == repo.id))
-    runs = await session.execute(delete(GitOpsSyncRun).where(GitOpsSyncRun.repository_id == repo.id))
+    proposals = cast(CursorResult[Any], await session.execute(
+        delete(GitOpsProposal).where(GitOpsProposal.repository_id == repo.id)))
+    runs = cast(CursorResult[Any], await session.execute(
+        delete(GitOpsSyncRun).where(GitOpsSyncRun.repository_id == repo.id)))
     await session.delete(repo)
     await session.flush()
     return {

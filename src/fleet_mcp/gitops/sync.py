@@ -14,10 +14,11 @@ import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from sqlalchemy import or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp import events
@@ -197,7 +198,7 @@ async def claim_sync(
     )
     repo = await get_repository(session, account_id=account_id, repository_id=repository_id)
     await session.refresh(repo)
-    if res.rowcount != 1:
+    if cast(CursorResult[Any], res).rowcount != 1:
         raise _busy(repo)
     return new
 

@@ -181,10 +181,18 @@ def install_sighup_reload(
     if loop is not None:
         bound = loop
         bound.add_signal_handler(sighup, holder.reload)
-        return lambda: bound.remove_signal_handler(sighup)
+
+        def remove() -> None:
+            bound.remove_signal_handler(sighup)
+
+        return remove
 
     def handler(signum: int, frame: object) -> None:
         threading.Thread(target=holder.reload, name="policy-reload", daemon=True).start()
 
     previous = signal.signal(sighup, handler)
-    return lambda: signal.signal(sighup, previous)
+
+    def restore() -> None:
+        signal.signal(sighup, previous)
+
+    return restore

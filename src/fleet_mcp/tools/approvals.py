@@ -96,6 +96,7 @@ async def approvals_decide(ctx: ToolContext, args: DecideArgs) -> DecideOut:
         async def execute(_: BaseModel) -> DecideOut:
             # The decision has committed: the operation runs in a unit of work of its own, as the requester.
             outcome = await ctx.app.gate.execute_approved(approval_id, account_id)
+            assert ctx.app.read_sessionmaker is not None
             async with ctx.app.read_sessionmaker() as read:
                 done = await approvals.get(read, approval_id, account_id)
                 return DecideOut(approval=ApprovalOut(**approvals.to_dict(done)),

@@ -11,7 +11,7 @@ from fleet_mcp.context import ToolContext
 from fleet_mcp.fleet.spec import ModuleSpec, ProviderConfigSpec, TemplateSpec
 from fleet_mcp.registry import NoArgs, tool
 
-FLEET = dict(toolset="fleet")
+FLEET: dict[str, Any] = {"toolset": "fleet"}
 
 
 class Item(BaseModel):

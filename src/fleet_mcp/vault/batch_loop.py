@@ -81,7 +81,7 @@ class BatchLoop:
         if swept:
             # Phase one: the whole table in id order. Phase two, account by account, then finds
             # (almost) nothing left to rewrap and moves each account's key version.
-            await self._sweep(job, None, dict(accounts), report)  # type: ignore[arg-type]
+            await self._sweep(job, None, dict(accounts), report)
             job.cursor_account_id = accounts[0].id if accounts else None
             job.cursor_row_id = job.cursor_pass = 0
         for account_id, name in accounts:

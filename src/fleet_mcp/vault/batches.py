@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import DBAPIError
@@ -19,7 +19,11 @@ OldRow = tuple[int, str, str, int] | tuple[int, str, str, int, int]
 #: A compare-and-set update: (new ciphertext, its version, id, old ciphertext) — SQLite's parameter order.
 Rewrapped = tuple[str, int, int, str]
 
-ID, NAME, CIPHERTEXT, KEY_VERSION, ACCOUNT_ID = range(5)
+ID: Final = 0
+NAME: Final = 1
+CIPHERTEXT: Final = 2
+KEY_VERSION: Final = 3
+ACCOUNT_ID: Final = 4
 
 # "key_version + 0" keeps the planner on the (account_id, id) index: walk the account in id order and filter
 # versions, instead of collecting all old rows through (account_id, key_version) and sorting them per page.
@@ -94,7 +98,7 @@ async def read_page(
     if conn.dialect.name == "sqlite":
         return await conn.run_sync(_fetch_dbapi, _PAGE_SQLITE, (account_id, below, after_id, job_id, limit))
     params = {"account_id": account_id, "below": below, "after": after_id, "job_id": job_id, "limit": limit}
-    return (await conn.execute(_PAGE, params)).all()  # type: ignore[return-value]
+    return (await conn.execute(_PAGE, params)).all()
 
 
 async def read_wide_page(s: AsyncSession, *, below: int, after_id: int, job_id: int, limit: int) -> Sequence[OldRow]:
@@ -103,7 +107,7 @@ async def read_wide_page(s: AsyncSession, *, below: int, after_id: int, job_id: 
     if conn.dialect.name == "sqlite":
         return await conn.run_sync(_fetch_dbapi, _WIDE_SQLITE, (below, after_id, job_id, limit))
     params = {"below": below, "after": after_id, "job_id": job_id, "limit": limit}
-    return (await conn.execute(_WIDE, params)).all()  # type: ignore[return-value]
+    return (await conn.execute(_WIDE, params)).all()
 
 
 async def landed_ids(s: AsyncSession, updates: list[Rewrapped]) -> set[int]:
@@ -113,7 +117,7 @@ async def landed_ids(s: AsyncSession, updates: list[Rewrapped]) -> set[int]:
         return set()
     conn = await s.connection()
     mine = {u[2]: u[0] for u in updates}
-    rows = (await conn.execute(_CURRENT, {"ids": list(mine)})).all()
+    rows = (await conn.execute(_CURRENT, {"ids": list(mine)})).tuples().all()
     return {id_ for id_, ct in rows if mine.get(id_) == ct}
 
 
@@ -127,7 +131,7 @@ async def compare_and_set(s: AsyncSession, updates: list[Rewrapped]) -> int:
     conn = await s.connection()
     dialect = conn.dialect.name
     if dialect == "sqlite":
-        return int((await conn.exec_driver_sql(_CAS_SQLITE, updates)).rowcount)  # type: ignore[arg-type]
+        return int((await conn.exec_driver_sql(_CAS_SQLITE, updates)).rowcount)
     news, vers, ids, olds = (list(c) for c in zip(*updates, strict=True))
     if dialect == "postgresql":
         params = {"ids": ids, "olds": olds, "news": news, "vers": vers}

@@ -13,9 +13,9 @@ import functools
 import os
 import secrets
 import socket
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Update, bindparam, select, update
+from sqlalchemy import Table, Update, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -127,7 +127,7 @@ async def claim(s: AsyncSession, job_id: int, stale_after: float) -> RotationJob
 @functools.cache
 def _save_stmt(extra: tuple[str, ...]) -> Update:
     """The progress UPDATE for a set of extra columns, guarded by ownership; bound as `p_<column>`."""
-    t = RotationJob.__table__
+    t = cast(Table, RotationJob.__table__)
     cols = (*SAVED, "account_progress", "skipped_accounts", "heartbeat_at", "updated_at", *extra)
     return (
         update(t)

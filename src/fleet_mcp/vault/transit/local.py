@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import anyio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Row, Select, delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from fleet_mcp.db import sqlite_inline
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.errors import ExternalError, InvalidArgument, NotFound
 from fleet_mcp.vault.models import TransitKeyConfig, TransitKeyVersion
@@ -103,17 +104,14 @@ class LocalTransit(TransitBackend):
             # driver as the app's engine (which may run statements inline instead of on a thread per
             # connection); the driver's `timeout` covers a busy database.
             reader = create_async_engine(
-                url,
-                connect_args={"timeout": 30, "isolation_level": None},
-                pool_reset_on_return=None,
-                module=bind.dialect.loaded_dbapi,
+                url, pool_reset_on_return=None, **sqlite_inline.engine_options(url, sqlite_inline.driver_of(bind))
             )
             self._reader, self._own_reader = reader, True
         else:
             self._reader = bind
         return self._reader
 
-    async def _read(self, stmt: Select[Any]) -> list[Row[Any]]:
+    async def _read(self, stmt: Select[Any, Any] | Select[Any, Any, Any, Any]) -> list[Any]:
         engine = self._reader_engine()
         keep = self._own_reader or engine.dialect.name == "postgresql"
         if not keep:
@@ -435,7 +433,8 @@ def _open_all(ciphertexts: Sequence[str], cfg: _Config, keys: dict[int, AESGCM])
         if ct.startswith(last):
             try:
                 raw = a2b(ct[cut:], strict_mode=True)
-                out.append(last_key.decrypt(raw[:_NONCE], raw[_NONCE:], None))  # type: ignore[union-attr]
+                assert last_key is not None
+                out.append(last_key.decrypt(raw[:_NONCE], raw[_NONCE:], None))
                 continue
             except Exception:  # noqa: S110 - the paths below report what is wrong
                 pass
