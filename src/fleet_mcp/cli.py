@@ -1,4 +1,4 @@
-"""The `fleet-mcp` command line: serve, demo, db, accounts and tokens, policy, approvals, audit, tools."""
+"""The `fleet-mcp` command line: serve, demo, db, accounts and tokens, OAuth check, policy, approvals, audit, tools."""
 
 from __future__ import annotations
 
@@ -152,6 +152,10 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
     if toolsets and (unknown := toolsets - set(TOOLSETS)):
         print(f"unknown toolsets: {', '.join(sorted(unknown))}; known: {', '.join(TOOLSETS)}", file=sys.stderr)
         return 2
+    if ns.transport == "http":
+        from fleet_mcp.oauth.config import OAuthConfig
+
+        OAuthConfig.from_settings(settings)  # a broken OAuth setting stops here, with its name, before anything starts
     _check_database_file(settings)
     app = App(settings)
 
@@ -446,6 +450,23 @@ def cmd_tools_export(settings: Settings, ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth_check(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.oauth.check import run_check
+    from fleet_mcp.oauth.config import OAuthConfig
+
+    config = OAuthConfig.from_settings(settings)
+    if config is None:
+        print("OAuth is off: set FLEET_MCP_OAUTH_ISSUER and FLEET_MCP_OAUTH_RESOURCE", file=sys.stderr)
+        return 2
+    token = sys.stdin.readline().strip() if ns.token == "-" else ns.token  # noqa: S105 - "-" means stdin
+
+    async def go(app: Any) -> int:
+        return await run_check(config, token or None, app.policy.current.role_table(), app.read_sessionmaker,
+                               sys.stdout)
+
+    return _run(lambda: _with_app(settings, go))
+
+
 def cmd_demo(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp.demo import run_demo
 
@@ -499,6 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr = tok.add_parser("revoke", help="revoke a token")
     tr.add_argument("label")
     tr.set_defaults(fn=cmd_token_revoke)
+
+    au_ = sub.add_parser("auth", help="OAuth for HTTP").add_subparsers(dest="auth_cmd", required=True)
+    ac_ = au_.add_parser("check", help="print the discovered metadata; validate a token ('-' reads it from stdin)")
+    ac_.add_argument("token", nargs="?", default=None, help="an access token, or '-' to read one line from stdin")
+    ac_.set_defaults(fn=cmd_auth_check)
 
     pr = sub.add_parser("principal", help="principals and their roles").add_subparsers(dest="pr_cmd",
                                                                                        required=True)

@@ -1,5 +1,10 @@
 """Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp, /healthz and the
-console at /ui/."""
+console at /ui/.
+
+Two kinds of bearer token end in the same `principals.Caller`: fleet's static tokens (`fmcp_…`, digests in the
+database) and, when an issuer is configured, OAuth access tokens from the organization's identity provider
+(`fleet_mcp.oauth`: RFC 9728 metadata, audience-bound JWTs, per-tool scopes; sessions bound by the SDK to the
+token's issuer, subject and client)."""
 
 from __future__ import annotations
 
@@ -16,11 +21,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fleet_mcp import __version__, principals
 from fleet_mcp.app import App
 from fleet_mcp.errors import Unauthenticated
-from fleet_mcp.principals import Caller, RevokedToken
+from fleet_mcp.oauth import OAuthConfig
+from fleet_mcp.oauth.guard import OAuthGuard
+from fleet_mcp.principals import TOKEN_PREFIX, Caller, RevokedToken
 
 # Authenticated callers by token digest, refreshed by the middleware on every request (so a revoked
 # token stops at the next request); tools read the caller of their own request's header from here.
+# Bounded, least recently authenticated first out: OAuth access tokens are short-lived and many.
 _CALLERS: dict[str, Caller] = {}
+_MAX_CALLERS = 10_000
+
+
+def _remember(digest: str, caller: Caller) -> None:
+    _CALLERS.pop(digest, None)
+    _CALLERS[digest] = caller
+    while len(_CALLERS) > _MAX_CALLERS:
+        _CALLERS.pop(next(iter(_CALLERS)))
 
 
 #: Which principal opened each HTTP session (by session id): a session is used by that principal only. The SDK
@@ -59,9 +75,10 @@ def caller_from_headers(headers: Mapping[str, str]) -> Caller:
 class BearerAuth:
     """ASGI middleware in front of /mcp: every request carries a valid, unrevoked token."""
 
-    def __init__(self, app: ASGIApp, fleet: App) -> None:
+    def __init__(self, app: ASGIApp, fleet: App, oauth: OAuthGuard | None = None) -> None:
         self.app = app
         self.fleet = fleet
+        self.oauth = oauth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope.get("path", "").startswith("/mcp"):
@@ -69,13 +86,16 @@ class BearerAuth:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = _bearer(headers)
+        if self.oauth is not None and (token is None or not token.startswith(f"{TOKEN_PREFIX}_")):
+            await self.oauth(self.app, scope, receive, send, token)
+            return
         status, body = 401, {"error": "unauthorized", "error_description": "a bearer token is required"}
         if token is not None:
             assert self.fleet.read_sessionmaker is not None
             try:
                 async with self.fleet.read_sessionmaker() as session:
                     caller = await principals.authenticate(session, token)
-                _CALLERS[principals.token_digest(token)] = caller
+                _remember(principals.token_digest(token), caller)
                 owner = (caller.account_id, caller.name)
                 session_id = headers.get("mcp-session-id")
                 if session_id is not None and _SESSIONS.get(session_id) != owner:
@@ -153,6 +173,17 @@ def build_http_app(
         except Exception:  # noqa: BLE001
             return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
 
+    config = OAuthConfig.from_settings(fleet.settings)
+    oauth = OAuthGuard(fleet, config, _remember) if config is not None else None
+    if config is not None:
+        from fleet_mcp.oauth.resource import metadata_document
+
+        document = metadata_document(config)
+
+        @server.custom_route(config.metadata_path, methods=["GET"])
+        async def protected_resource_metadata(_request: Request) -> JSONResponse:
+            return JSONResponse(document, headers={"Cache-Control": "public, max-age=3600"})
+
     mcp_app = server.streamable_http_app(
         streamable_http_path="/mcp", stateless_http=stateless, json_response=json_response,
         transport_security=security_settings(fleet, host, port), host=host,
@@ -160,7 +191,7 @@ def build_http_app(
     from fleet_mcp.console.app import WithConsole, build_console
 
     hosts = set(security_settings(fleet, host, port).allowed_hosts)
-    return WithConsole(BearerAuth(mcp_app, fleet), build_console(fleet, _gate, hosts))
+    return WithConsole(BearerAuth(mcp_app, fleet, oauth), build_console(fleet, _gate, hosts))
 
 
 async def serve_http(fleet: App, *, host: str, port: int, **kwargs: Any) -> None:
@@ -169,4 +200,11 @@ async def serve_http(fleet: App, *, host: str, port: int, **kwargs: Any) -> None
     await fleet.start()
     app = build_http_app(fleet, host=host, port=port, **kwargs)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        from fleet_mcp.console.app import WithConsole
+
+        bearer = app.main if isinstance(app, WithConsole) else app
+        if isinstance(bearer, BearerAuth) and bearer.oauth is not None:
+            await bearer.oauth.close()

@@ -54,6 +54,35 @@ class Settings(BaseSettings):
         "base64 key (>= 32 bytes) per line, the first seals, every line unseals. Default: a key per process.",
     )
 
+    # OAuth 2.1 for HTTP (off unless an issuer is set): fleet-mcp is a protected resource (RFC 9728) that
+    # accepts JWT access tokens (or, with an introspection endpoint, opaque ones) minted for `oauth_resource`.
+    oauth_issuer: str | None = Field(default=None, description="Authorization server issuer URL; enables OAuth.")
+    oauth_resource: str | None = Field(
+        default=None, description="This server's canonical resource URI (the /mcp URL clients use); tokens must "
+        "carry it as audience (RFC 8707).")
+    oauth_jwks_uri: str | None = Field(default=None, description="JWKS URL; default: from the issuer's metadata.")
+    oauth_jwks_ttl: float = Field(default=300.0, ge=10, le=86_400, description="Seconds a fetched JWKS is trusted.")
+    oauth_algorithms: str = Field(default="RS256,PS256,ES256,ES384,EdDSA",
+                                  description="JWS algorithms accepted (comma list; never none or HS*).")
+    oauth_leeway: int = Field(default=30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat (s).")
+    oauth_allow_http_loopback: bool = Field(
+        default=False, description="Allow http:// issuer/JWKS/introspection URLs on loopback hosts (tests only).")
+    oauth_introspection_url: str | None = Field(default=None, description="RFC 7662 endpoint for opaque tokens.")
+    oauth_client_id: str | None = Field(default=None, description="fleet-mcp's client id at the introspection endpoint.")
+    oauth_client_secret: SecretStr | None = None
+    oauth_read_scope: str = Field(default="fleet:read", description="Scope every OAuth request needs ('' = none).")
+    oauth_write_scope: str = Field(default="fleet:write",
+                                   description="Scope a call of a non-read-only tool needs ('' = none).")
+    oauth_account_claim: str = Field(default="fleet_account", description="Claim naming the fleet account.")
+    oauth_default_account: str | None = Field(default=None,
+                                              description="Account for tokens without the account claim.")
+    oauth_name_claims: str = Field(default="preferred_username,sub",
+                                   description="Claims tried in order for the principal name (comma list).")
+    oauth_roles_claim: str = Field(default="groups", description="Claim holding groups/roles ('scope' works too).")
+    oauth_role_map: dict[str, list[str]] = Field(
+        default_factory=dict, description='JSON: claim value -> fleet roles, e.g. {"fleet-ops": ["operator"]}; '
+        "empty: values that name a role are taken as that role.")
+
     # Transit (pepper) backend.
     transit: Literal["local", "vault"] = "local"
     master_key_file: Path | None = Field(default=None, description="Local transit master key; default data_dir/master.key")
@@ -111,6 +140,22 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
+
+    @field_validator("oauth_role_map", mode="before")
+    @classmethod
+    def _role_lists(cls, v: object) -> object:
+        if isinstance(v, dict):
+            return {k: [r] if isinstance(r, str) else r for k, r in v.items()}
+        return v
+
+    @field_validator("oauth_algorithms", mode="after")
+    @classmethod
+    def _asymmetric_only(cls, v: str) -> str:
+        algs = [a.strip() for a in v.split(",") if a.strip()]
+        bad = [a for a in algs if a.lower() == "none" or a.upper().startswith("HS")]
+        if bad or not algs:
+            raise ValueError(f"oauth_algorithms must list asymmetric JWS algorithms only (refused: {bad or 'empty'})")
+        return ",".join(algs)
 
     @cached_property
     def effective_database_url(self) -> str:
