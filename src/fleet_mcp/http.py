@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any
 
 from mcp.server.transport_security import TransportSecuritySettings
@@ -20,24 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleet_mcp import __version__, principals
 from fleet_mcp.app import App
+from fleet_mcp.callers import bearer as _bearer
+from fleet_mcp.callers import forget
+from fleet_mcp.callers import remember as _remember
 from fleet_mcp.errors import Unauthenticated
 from fleet_mcp.oauth import OAuthConfig
 from fleet_mcp.oauth.guard import OAuthGuard
-from fleet_mcp.principals import TOKEN_PREFIX, Caller, RevokedToken
-
-# Authenticated callers by token digest, refreshed by the middleware on every request (so a revoked
-# token stops at the next request); tools read the caller of their own request's header from here.
-# Bounded, least recently authenticated first out: OAuth access tokens are short-lived and many.
-_CALLERS: dict[str, Caller] = {}
-_MAX_CALLERS = 10_000
-
-
-def _remember(digest: str, caller: Caller) -> None:
-    _CALLERS.pop(digest, None)
-    _CALLERS[digest] = caller
-    while len(_CALLERS) > _MAX_CALLERS:
-        _CALLERS.pop(next(iter(_CALLERS)))
-
+from fleet_mcp.principals import TOKEN_PREFIX, RevokedToken
 
 #: Which principal opened each HTTP session (by session id): a session is used by that principal only. The SDK
 #: checks only that a session id exists, so another principal's valid token could otherwise ride it (and
@@ -53,23 +41,6 @@ def _bind_session(session_id: str, owner: tuple[int, str]) -> None:
     _SESSIONS[session_id] = owner
     while len(_SESSIONS) > MAX_SESSIONS:
         _SESSIONS.popitem(last=False)
-
-
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    value = headers.get("authorization") or headers.get("Authorization")
-    if not value or not value.lower().startswith("bearer "):
-        return None
-    return value[7:].strip() or None
-
-
-def caller_from_headers(headers: Mapping[str, str]) -> Caller:
-    token = _bearer(headers)
-    if token is None:
-        raise Unauthenticated("no bearer token on this request")
-    caller = _CALLERS.get(principals.token_digest(token))
-    if caller is None:
-        raise Unauthenticated("bearer token not authenticated for this request")
-    return caller
 
 
 class BearerAuth:
@@ -106,7 +77,7 @@ class BearerAuth:
                 await self.app(scope, receive, _recording_sessions(send, owner, session_id, scope.get("method")))
                 return
             except RevokedToken:
-                _CALLERS.pop(principals.token_digest(token), None)
+                forget(principals.token_digest(token))
                 status, body = 403, {"error": "forbidden", "error_description": "this bearer token was revoked"}
             except Unauthenticated:
                 body = {"error": "invalid_token", "error_description": "unknown bearer token"}

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 def register_resources(server: MCPServer, app: App, gate: Gate) -> None:
     """Each resource reads through the matching read-only tool, so permission, policy and audit apply."""
+    from fleet_mcp.callers import caller_for
     from fleet_mcp.registry import load_tools
-    from fleet_mcp.server import _caller_for
 
     tools = load_tools()
 
@@ -25,7 +25,7 @@ def register_resources(server: MCPServer, app: App, gate: Gate) -> None:
         spec = tools[tool_name]
 
         async def read(ctx: Context, **kwargs: str) -> str:
-            caller = _caller_for(app, ctx)
+            caller = caller_for(app, ctx.headers)
             outcome = await gate.call(spec, caller, {arg: int(kwargs[arg])})
             return json.dumps(outcome.data if outcome.ok else {"error": outcome.message}, indent=2, default=str)
 

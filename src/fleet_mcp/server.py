@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field
 
 from fleet_mcp import __version__
 from fleet_mcp.app import App
-from fleet_mcp.errors import FleetError, Unauthenticated
+from fleet_mcp.callers import caller_for, state_principal
+from fleet_mcp.errors import FleetError
 from fleet_mcp.gate import CallOutcome, Gate
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec, select
@@ -50,14 +51,7 @@ class _NoQuestion(BaseModel):
 
 
 def _caller_for(app: App, ctx: Context) -> Caller:
-    headers = ctx.headers
-    if headers is None:
-        if app.stdio_caller is None:
-            raise Unauthenticated("the server has no stdio principal configured")
-        return app.stdio_caller
-    from fleet_mcp.http import caller_from_headers
-
-    return caller_from_headers(headers)
+    return caller_for(app, ctx.headers)
 
 
 def _raw_arguments(ctx: Context, fallback: dict[str, Any]) -> dict[str, Any]:
@@ -109,15 +103,8 @@ def _elicitation_key(ctx: Context, caller: Caller) -> str:
 
 
 def _bind_state_principal(rctx: Any) -> str | None:
-    """Bind sealed request_state to the bearer token that asked (HTTP); stdio has one principal."""
-    headers = getattr(getattr(rctx, "request", None), "headers", None)
-    if not headers:
-        return None
-    from fleet_mcp.http import _bearer
-    from fleet_mcp.principals import token_digest
-
-    token = _bearer(headers)
-    return token_digest(token) if token else "anonymous"
+    """Bind sealed request_state to the principal that asked (HTTP); stdio has one principal."""
+    return state_principal(getattr(getattr(rctx, "request", None), "headers", None))
 
 
 def to_result(outcome: CallOutcome) -> CallToolResult:
