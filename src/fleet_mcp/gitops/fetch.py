@@ -158,7 +158,13 @@ def _read_blob(bare: Path, ref: str, path: str) -> FetchResult:
                     path=path,
                     revision=commit.hexsha,
                 )
-            entry = next((e for e in node if e.name == part), None)  # exact name match, no path parsing
+            # `join` compares the raw entry names exactly and builds only the matching entry. Iterating
+            # the tree would build every entry, and a submodule entry (a gitlink) raises on `.name` in a
+            # bare cache with no .gitmodules: a gitlink anywhere before fleet.yaml broke every sync.
+            try:
+                entry = node.join(part)
+            except KeyError:
+                entry = None
             if entry is None:
                 raise NotFound(
                     f"{path} not found at commit {commit.hexsha[:12]}",
@@ -176,6 +182,7 @@ def _read_blob(bare: Path, ref: str, path: str) -> FetchResult:
             if entry.mode == _SUBMODULE_MODE:
                 raise InvalidArgument(
                     f"{'/'.join(parts[: i + 1])} is a submodule; submodules are not followed",
+                    hint="commit fleet.yaml in this repository itself, or point path_prefix at a regular folder",
                     path=path,
                     revision=commit.hexsha,
                 )

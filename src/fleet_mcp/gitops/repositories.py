@@ -27,7 +27,7 @@ UNSET: Any = _Unset()
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid repository name {name!r}",
             hint="use 1-120 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -38,7 +38,7 @@ def _check_name(name: str) -> str:
 def _check_credential(name: str | None) -> str | None:
     if name is None or name == "":
         return None
-    if not _CREDENTIAL_RE.match(name):
+    if not _CREDENTIAL_RE.fullmatch(name):
         raise InvalidArgument(
             "invalid credential name",
             hint="pass the *name* of a stored credential (system_vault_list_credentials), never a secret",

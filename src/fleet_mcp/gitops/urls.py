@@ -29,7 +29,7 @@ _HOST = re.compile(
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _SCP = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:\[\]]+):(?P<path>.*)$")
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9._~/+@%=,-]*$")
-_BRANCH_CHARS = re.compile(r"^[A-Za-z0-9._/+-]+$")
+_BRANCH_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")  # used with fullmatch: `$` would accept a trailing newline
 
 Transport = Literal["https", "ssh", "local"]
 
@@ -58,7 +58,7 @@ def _check_host(url: str, host: str | None) -> str:
         return host
     except ValueError:
         pass
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise _refuse(url, "the host is not a valid host name")
     return host
 
@@ -68,7 +68,7 @@ def _check_repo_path(url: str, path: str) -> None:
         raise _refuse(url, "no repository path")
     if path.startswith("-") or "/-" in path:
         raise _refuse(url, "a path component looks like a command-line option")
-    if not _PATH_CHARS.match(path):
+    if not _PATH_CHARS.fullmatch(path):
         raise _refuse(url, "the path contains characters git URLs do not need")
     if any(part == ".." for part in path.split("/")):
         raise _refuse(url, "the path contains '..'")
@@ -114,7 +114,7 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
                 "credentials inside the URL are not allowed",
                 hint="store them with system_vault_store_credential and pass credential=<name>",
             )
-        if "@" in parts.netloc and (parts.username is None or not _USER.match(parts.username)):
+        if "@" in parts.netloc and (parts.username is None or not _USER.fullmatch(parts.username)):
             raise _refuse(url, "the user name is not valid")
         if parts.query or parts.fragment:
             raise _refuse(url, "query strings and fragments are not allowed")
@@ -139,7 +139,7 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
     m = _SCP.match(url)
     if m and "/" not in url.split(":", 1)[0]:
         user, host, path = m.group("user"), m.group("host"), m.group("path")
-        if user is not None and not _USER.match(user):
+        if user is not None and not _USER.fullmatch(user):
             raise _refuse(
                 url,
                 "the user name is not valid (and passwords are never accepted)",
@@ -163,12 +163,27 @@ def _check_local_path(url: str, path: str) -> None:
 
 
 def validate_branch(branch: str) -> str:
-    """A branch name git accepts and cannot mistake for an option or a revision expression."""
-    hint = "use a plain branch name such as main or release/2026-07"
+    """A branch name git accepts and cannot mistake for an option, a refspec or a revision expression.
+
+    The name is the short one (`main`, `release/2026-07`): the fetch builds `refs/heads/<branch>` itself,
+    so a full ref would fetch `refs/heads/refs/heads/main`, and a leading '+' would read as a forced refspec.
+    """
+    hint = (
+        "use a plain branch name such as main or release/2026-07: letters, digits, '.', '_', '-', '/' "
+        "(and '+' inside), without refs/heads/, a leading '+', '-', '.' or '/', '..' or a trailing '.lock'"
+    )
     if not isinstance(branch, str) or not branch:
         raise InvalidArgument("branch must not be empty", hint=hint)
-    if len(branch) > MAX_BRANCH_LENGTH or not _BRANCH_CHARS.match(branch):
+    if _CTRL.search(branch):
+        raise InvalidArgument("branch contains control characters (e.g. a newline)", hint=hint)
+    if len(branch) > MAX_BRANCH_LENGTH:
+        raise InvalidArgument(f"branch is longer than {MAX_BRANCH_LENGTH} characters", hint=hint)
+    if not _BRANCH_CHARS.fullmatch(branch):
         raise InvalidArgument(f"branch {branch[:80]!r} contains characters that are not allowed", hint=hint)
+    if branch.startswith("+"):
+        raise InvalidArgument(f"branch {branch!r} may not start with '+' (that marks a forced refspec)", hint=hint)
+    if branch.startswith("refs/") or branch in ("refs", "heads") or branch.startswith("heads/"):
+        raise InvalidArgument(f"branch {branch!r} is not a full ref: give only the branch's name", hint=hint)
     if (
         branch.startswith(("-", "/", "."))
         or branch.endswith(("/", ".", ".lock"))
