@@ -30,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from fleet_mcp.errors import ExternalError, InvalidArgument, NotFound
 from fleet_mcp.gitops.fleetfile import MAX_BYTES
-from fleet_mcp.gitops.urls import fleet_file_path, validate_branch, validate_path_prefix, validate_repo_url
+from fleet_mcp.gitops.urls import (
+    RepoURL,
+    fleet_file_path,
+    validate_branch,
+    validate_path_prefix,
+    validate_repo_url,
+)
 
 DEFAULT_TIMEOUT = 60.0
 _SYMLINK_MODE = 0o120000
@@ -45,6 +51,10 @@ class GitCredential(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["git_https", "git_ssh"]
+    #: The stored credential's name (for messages) and the `host[:port]` it is bound to: git is run
+    #: with it only for a repository URL on exactly that host (`urls.host_key`).
+    name: str | None = None
+    host: str | None = None
     username: str | None = None
     password: SecretStr | None = None
     private_key: SecretStr | None = None
@@ -94,6 +104,7 @@ def fetch_fleet_file(
             raise InvalidArgument("an https repository needs a git_https credential (username and password/token)")
         if parsed.transport == "ssh" and credential.kind != "git_ssh":
             raise InvalidArgument("an ssh repository needs a git_ssh credential (private key)")
+        check_credential_host(credential, parsed)
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     bare = cache_path(cache_dir, parsed.url)
     deadline = time.monotonic() + timeout
@@ -123,6 +134,8 @@ def fetch_fleet_file(
                     "fetch.recurseSubmodules=false",
                     "-c",
                     "protocol.version=2",
+                    "-c",
+                    "http.followRedirects=false",
                     "fetch",
                     "--quiet",
                     "--depth=1",
@@ -142,6 +155,28 @@ def fetch_fleet_file(
                 branch=branch,
             )
         return _read_blob(bare, ref, fleet_file_path(prefix))
+
+
+def check_credential_host(credential: GitCredential, parsed: RepoURL) -> None:
+    """Refuse to hand a credential to any host but the one it was stored for (no secret in the message)."""
+    if parsed.transport == "local":
+        return  # git asks no credential for a local path; nothing leaves the machine
+    label = repr(credential.name) if credential.name else "the stored credential"
+    if credential.host is None:
+        raise InvalidArgument(
+            f"credential {label} is not bound to a host",
+            hint="store it again with metadata.host set to the git server's host (e.g. github.com)",
+            credential=credential.name,
+        )
+    if credential.host != parsed.host:
+        raise InvalidArgument(
+            f"credential {label} is bound to host {credential.host}, but the repository is on {parsed.host}; "
+            "a credential is only ever sent to the host it was stored for",
+            hint=f"store a credential for {parsed.host} (system_vault_store_credential with "
+            f"metadata.host={parsed.host}) and pass its name as `credential`",
+            credential=credential.name,
+            host=parsed.host,
+        )
 
 
 def _read_blob(bare: Path, ref: str, path: str) -> FetchResult:

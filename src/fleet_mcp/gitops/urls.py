@@ -34,12 +34,48 @@ _BRANCH_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")  # used with fullmatch: `$` wou
 Transport = Literal["https", "ssh", "local"]
 
 
+_DEFAULT_PORT = {"https": 443, "ssh": 22}
+
+
 @dataclass(frozen=True)
 class RepoURL:
-    """A validated repository URL and the transport git will use for it."""
+    """A validated repository URL, the transport git will use for it and the host it talks to.
+
+    `host` is the lower-cased host name (IPv6 in brackets) plus `:port` when a port other than the
+    transport's default is given; None for local repositories. A stored git credential is bound to
+    exactly this value (see `gitops.credentials`)."""
 
     url: str
     transport: Transport
+    host: str | None = None
+
+
+def host_key(transport: str, host: str, port: int | None) -> str:
+    """`host[:port]` as compared with a credential's binding (default port dropped, name lower-cased)."""
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host if port is None or port == _DEFAULT_PORT.get(transport) else f"{host}:{port}"
+
+
+def parse_bound_host(value: object, transport: str) -> str:
+    """Normalise the `host` a credential is bound to ('github.com', 'git.example:8443', '[::1]:2222')."""
+    hint = "set metadata.host to the host name the credential is for, e.g. github.com or git.example:8443"
+    if not isinstance(value, str) or not value or len(value) > 300 or _CTRL_OR_SPACE.search(value):
+        raise InvalidArgument("the credential's metadata.host is missing or not a host name", hint=hint)
+    try:
+        parts = urlsplit(f"//{value}")
+        port = parts.port
+    except ValueError:
+        raise InvalidArgument("the credential's metadata.host is not a host[:port]", hint=hint) from None
+    if parts.netloc != value or parts.path or parts.query or parts.fragment or "@" in value or not parts.hostname:
+        raise InvalidArgument("the credential's metadata.host must be a bare host[:port] (no scheme, user or path)",
+                              hint=hint)
+    try:
+        _check_host(value, parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]")
+    except InvalidArgument:
+        raise InvalidArgument("the credential's metadata.host is not a valid host name", hint=hint) from None
+    return host_key(transport, parts.hostname, port)
 
 
 def _refuse(url: str, problem: str, hint: str = f"use {_ACCEPTED}") -> InvalidArgument:
@@ -124,7 +160,8 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
             raise _refuse(url, "the host looks like a command-line option")
         _check_host(url, parts.hostname)
         _check_repo_path(url, parts.path.lstrip("/"))
-        return RepoURL(url, "https" if scheme == "https" else "ssh")
+        transport: Transport = "https" if scheme == "https" else "ssh"
+        return RepoURL(url, transport, host_key(transport, parts.hostname or "", port))
 
     if url.startswith("/"):
         if not allow_local:
@@ -149,7 +186,7 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
         if path.startswith("//"):
             raise _refuse(url, "not a valid scp-like address")
         _check_repo_path(url, path.lstrip("/"))
-        return RepoURL(url, "ssh")
+        return RepoURL(url, "ssh", host_key("ssh", host, None))
     raise _refuse(url, "not a recognised git URL (relative paths are never accepted)")
 
 

@@ -55,6 +55,15 @@ def _resolver_for(app: App, account_id: int) -> Callable[[AsyncSession], Credent
     return make
 
 
+def _credentials(ctx: ToolContext) -> Any:
+    """The vault credential store (metadata reads for register/update pairing checks), if configured."""
+    if ctx.app.transit is None:
+        return None
+    from fleet_mcp.vault.credentials import CredentialStore
+
+    return CredentialStore(ctx.app.transit)
+
+
 async def _prefetch(app: App, caller: Caller, args: RepositoryIdArgs) -> Any:
     """Run git before the unit of work opens: no database lock is held while the fetch runs."""
     try:
@@ -258,6 +267,7 @@ async def register_repository(ctx: ToolContext, args: RegisterArgs) -> Repositor
         auto_apply=args.auto_apply,
         allow_empty=args.allow_empty,
         allow_local=ctx.app.settings.allow_local_repos,
+        credentials=_credentials(ctx),
     )
     await ctx.emit("gitops.repository_registered", payload={"repository_id": repo.id, "name": repo.name})
     return RepositoryResult(repository=RepositoryOut.of(repo))
@@ -336,6 +346,7 @@ async def update_repository(ctx: ToolContext, args: UpdateArgs) -> RepositoryRes
         auto_apply=args.auto_apply,
         enabled=args.enabled,
         allow_empty=args.allow_empty,
+        credentials=_credentials(ctx),
     )
     return RepositoryResult(repository=RepositoryOut.of(repo))
 
