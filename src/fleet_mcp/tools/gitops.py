@@ -65,12 +65,15 @@ def _credentials(ctx: ToolContext) -> Any:
 
 
 async def _prefetch(app: App, caller: Caller, args: RepositoryIdArgs) -> Any:
-    """Run git before the unit of work opens: no database lock is held while the fetch runs."""
+    """Run git before the unit of work opens: no database lock is held while the fetch runs.
+
+    Reads the repository and its credential in a read-only session; the handler uses the result only
+    if the repository still names the same source when its unit of work runs."""
     try:
-        return await service.prefetch(app.sessionmaker, account_id=caller.account_id,
-                                      repository_id=args.repository_id,
-                                      options=GitOpsOptions.from_settings(app.settings),
-                                      make_resolver=_resolver_for(app, caller.account_id))
+        async with app.read_sessionmaker() as session:
+            return await service.prefetch(session, account_id=caller.account_id, repository_id=args.repository_id,
+                                          options=GitOpsOptions.from_settings(app.settings),
+                                          resolve_credential=_resolver_for(app, caller.account_id)(session))
     except FleetError:
         return None  # e.g. unknown repository: the handler reports it from inside the unit of work
 
