@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -13,8 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from fleet_mcp import audit, principals
 from fleet_mcp.db import migrate
 from fleet_mcp.db.engine import create_engine, is_sqlite, make_sessionmaker
+from fleet_mcp.db.uow import UnitOfWork, WriteLock, unit_of_work
 from fleet_mcp.principals import Caller
 from fleet_mcp.settings import Settings
+
+if TYPE_CHECKING:
+    from fleet_mcp.gate import Gate
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,41 @@ class App:
         self.policy: Any = None
         self.stdio_caller: Caller | None = None
         self.stateless_http = False
+        #: Who holds a unit of work; on SQLite also the process's single-writer queue.
+        self.write_lock = WriteLock(serialize=is_sqlite(settings.effective_database_url))
+        self._gate: Gate | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self._started = False
+
+    @property
+    def gate(self) -> Gate:
+        """The one gate of this process: every tool call, from any client or job, passes it."""
+        if self._gate is None:
+            from fleet_mcp.gate import Gate
+
+            self._gate = Gate(self)
+        return self._gate
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """One write transaction (see fleet_mcp.db.uow): commits when the block ends, then runs its
+        after-commit hooks. Everything that writes opens one of these; nothing opens one inside another."""
+        assert self.sessionmaker is not None, "App.start() first"
+        async with unit_of_work(self.sessionmaker, self.write_lock) as uow:
+            yield uow
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """Run background work launched by a committed call (a job); `drain` waits for it, `close` cancels
+        what is left (leased jobs resume elsewhere or on the next start)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait until the background work launched so far (and any it launched) has finished."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     @property
     def data_dir(self) -> Path:
@@ -48,14 +89,15 @@ class App:
         s = self.settings
         url = s.effective_database_url
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, write_lock=self.write_lock)
         self.sessionmaker = make_sessionmaker(self.engine)
         self._read_engine = create_engine(url, readonly=True)
         self.read_sessionmaker = make_sessionmaker(self._read_engine)
-        self.audit_writer = audit.AuditWriter(self.engine)
+        self.audit_writer = audit.AuditWriter(self.engine, self.write_lock)
         self.policy = self._load_policy()
         self.transit = await self._build_transit()
-        async with self.sessionmaker() as session, session.begin():
+        async with self.unit_of_work() as uow:
+            session = uow.session
             await audit.ensure_head(session)
             acct = await principals.ensure_account(session, s.account)
             await principals.ensure_principal(session, acct, s.principal, s.role_list)
@@ -90,6 +132,10 @@ class App:
         return backend
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
         if self.transit is not None:
             await self.transit.close()
         if self._read_engine is not None:

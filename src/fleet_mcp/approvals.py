@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp import audit
 from fleet_mcp.db.base import utcnow
-from fleet_mcp.db.models import ApprovalRequest
+from fleet_mcp.db.models import Account, ApprovalRequest
 from fleet_mcp.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 from fleet_mcp.principals import Caller
 
 if TYPE_CHECKING:
     from fleet_mcp.app import App
-    from fleet_mcp.gate import Gate
     from fleet_mcp.policy.model import ApprovalSpec
 
 
@@ -79,14 +79,19 @@ async def create_request(
     return req
 
 
+def elicited_id(key: str) -> str:
+    """The id of the approval record of one answer given in the client."""
+    return "eli_" + key[:32]
+
+
 async def record_elicited(
     session: AsyncSession, *, key: str, tool: str, caller: Caller, arguments: BaseModel, rule: str
 ) -> ApprovalRequest:
     """Record an approval the human gave in the client; a second use of the same answer is refused."""
-    approval_id = "eli_" + key[:32]
+    approval_id = elicited_id(key)
     if await session.get(ApprovalRequest, approval_id) is not None:
         raise Conflict("this approval was already used once; approvals given in the client are single-use",
-                       approval_id=approval_id)
+                       hint="call the tool again to be asked again", approval_id=approval_id)
     raw = arguments.model_dump(mode="python")
     now = utcnow()
     req = ApprovalRequest(
@@ -99,11 +104,17 @@ async def record_elicited(
         expires_at=now,
     )
     session.add(req)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # the same answer used concurrently: the other use won
+        raise Conflict("this approval was already used once; approvals given in the client are single-use",
+                       hint="call the tool again to be asked again", approval_id=approval_id) from exc
     return req
 
 
-async def finish_elicited(session: AsyncSession, req: ApprovalRequest, ok: bool, result: dict[str, Any]) -> None:
+async def finish_elicited(session: AsyncSession, key: str, ok: bool, result: dict[str, Any]) -> None:
+    req = await session.get(ApprovalRequest, elicited_id(key))
+    assert req is not None, "recorded in this unit of work"
     req.status = "executed" if ok else "failed"
     req.executed_at = utcnow()
     req.result = audit.mask(result)
@@ -163,16 +174,27 @@ async def sweep_expired(session: AsyncSession, now: dt.datetime | None = None) -
     return len(expired)
 
 
-def requester_caller(req: ApprovalRequest, account_name: str) -> Caller:
+async def requester_caller_of(session: AsyncSession, req: ApprovalRequest) -> Caller:
+    """The requester as they asked: their account and the roles they held when they asked."""
+    account_name = (await session.execute(select(Account.name).where(Account.id == req.account_id))).scalar_one()
     name = req.requested_by.split("/", 1)[1] if "/" in req.requested_by else req.requested_by
     return Caller(name=name, account_id=req.account_id, account_name=account_name,
                   roles=tuple(req.requester_roles), via="approval")
 
 
+async def unseal_arguments(session: AsyncSession, app: App, req: ApprovalRequest) -> dict[str, Any]:
+    """The exact arguments the requester sent (secrets included), to execute on their behalf."""
+    if not req.arguments_sealed:
+        raise Conflict(f"approval request {req.id} no longer holds its arguments", approval_id=req.id)
+    return await _unseal(session, app, req.arguments_sealed)
+
+
 async def decide(
-    session: AsyncSession, gate: Gate, *, approval_id: str, decider: Caller, decision: str, reason: str,
-) -> tuple[ApprovalRequest, dict[str, Any] | None]:
-    """Record one decision; when the required approvals are in, execute once and store the result."""
+    session: AsyncSession, *, approval_id: str, decider: Caller, decision: str, reason: str,
+) -> tuple[ApprovalRequest, bool]:
+    """Record one decision. Returns the request and whether it is now claimed for execution (the required
+    approvals are in): the caller executes it once this unit of work has committed
+    (`Gate.execute_approved`), never inside it."""
     if decision not in ("approve", "reject"):
         raise InvalidArgument("decision must be 'approve' or 'reject'")
     req = await get(session, approval_id, decider.account_id, lock=True)
@@ -180,7 +202,6 @@ async def decide(
         raise Conflict(f"approval request {approval_id} is {req.status}; only pending requests can be decided",
                        approval_id=approval_id, status=req.status)
     if req.expires_at <= utcnow():
-        await sweep_expired(session)
         raise Conflict(f"approval request {approval_id} expired at {req.expires_at.isoformat()}",
                        hint="ask the requester to call the tool again", approval_id=approval_id)
     if not set(decider.roles) & set(req.approvers):
@@ -206,11 +227,11 @@ async def decide(
         await _discard_sealed(session, req.arguments_sealed)
         req.arguments_sealed = ""
         await session.flush()
-        return req, None
+        return req, False
     approvals_in = sum(1 for d in req.decisions if d["decision"] == "approve")
     if approvals_in < req.min_approvals:
         await session.flush()
-        return req, None
+        return req, False
     # Claim: only one decider ever moves a request from pending to executing.
     claimed = await session.execute(
         update(ApprovalRequest).where(ApprovalRequest.id == req.id, ApprovalRequest.status == "pending")
@@ -219,16 +240,78 @@ async def decide(
     )
     if claimed.rowcount != 1:
         raise Conflict(f"approval request {approval_id} was decided concurrently", approval_id=approval_id)
-    raw = await _unseal(session, gate.app, req.arguments_sealed)
-    outcome = await gate.execute_approved(session, req, requester_caller(req, decider.account_name), raw)
     await session.refresh(req)
-    req.status = "executed" if outcome.ok else "failed"
-    req.executed_at = utcnow()
-    req.result = audit.mask(outcome.data) if outcome.ok else {"error": outcome.message, **audit.mask(outcome.data)}
-    await _discard_sealed(session, req.arguments_sealed)
-    req.arguments_sealed = ""
+    return req, True
+
+
+async def begin_execution(session: AsyncSession, approval_id: str) -> None:
+    """In the operation's own unit of work: move the request from executing to executed, or refuse (it ran,
+    or is running, elsewhere). Rolled back with the operation when it fails."""
+    moved = await session.execute(
+        update(ApprovalRequest).where(ApprovalRequest.id == approval_id, ApprovalRequest.status == "executing")
+        .values(status="executed", executed_at=utcnow()).execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:
+        raise Conflict(f"approval request {approval_id} is not waiting to execute; an approval runs once",
+                       approval_id=approval_id)
+
+
+async def finish_execution(session: AsyncSession, approval_id: str, ok: bool, result: dict[str, Any]) -> None:
+    """Store the outcome on the request and drop its sealed arguments. With the operation's changes (after
+    `begin_execution`), or alone after they rolled back (the request is then still executing)."""
+    req = (await session.execute(
+        select(ApprovalRequest).where(ApprovalRequest.id == approval_id).with_for_update()
+    )).scalar_one()
+    if req.status not in ("executing", "executed"):
+        return
+    req.status = "executed" if ok else "failed"
+    req.executed_at = req.executed_at or utcnow()
+    req.result = audit.mask(result)
+    if req.arguments_sealed:
+        await _discard_sealed(session, req.arguments_sealed)
+        req.arguments_sealed = ""
     await session.flush()
-    return req, outcome.data
+
+
+async def refuse_execution(session: AsyncSession, approval_id: str, reason: str) -> None:
+    """The requester's standing or the current policy no longer allows the approved operation: record it as
+    refused (it never runs)."""
+    req = (await session.execute(
+        select(ApprovalRequest).where(ApprovalRequest.id == approval_id).with_for_update()
+    )).scalar_one()
+    if req.status != "executing":
+        return
+    req.status = "refused"
+    req.result = {"error": f"not executed: {reason}"}
+    if req.arguments_sealed:
+        await _discard_sealed(session, req.arguments_sealed)
+        req.arguments_sealed = ""
+    await session.flush()
+
+
+async def sweep_interrupted(session: AsyncSession, older_than: dt.timedelta = dt.timedelta(minutes=10),
+                            now: dt.datetime | None = None) -> int:
+    """Requests claimed for execution whose run never committed (the process stopped between the decision
+    and the run): nothing of them ran, since the run moves them to executed in its own transaction. They
+    are recorded as failed, never run late."""
+    now = now or utcnow()
+    stuck = (await session.execute(
+        select(ApprovalRequest).where(ApprovalRequest.status == "executing",
+                                      ApprovalRequest.updated_at <= now - older_than)
+        .with_for_update()
+    )).scalars().all()
+    for req in stuck:
+        req.status = "failed"
+        req.result = {"error": "interrupted before it ran (the server stopped); nothing was executed. "
+                               "Ask the requester to call the tool again."}
+        if req.arguments_sealed:
+            await _discard_sealed(session, req.arguments_sealed)
+            req.arguments_sealed = ""
+        await audit.append(session, principal="system/scheduler", account="-", tool="approval.interrupted",
+                           arguments={"approval_id": req.id}, decision="expire", outcome="failed",
+                           approval_id=req.id)
+    await session.flush()
+    return len(stuck)
 
 
 def to_dict(req: ApprovalRequest) -> dict[str, Any]:

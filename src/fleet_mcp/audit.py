@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -10,7 +11,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 from sqlalchemy import bindparam, insert, select, update
@@ -19,6 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
 from fleet_mcp.errors import ExternalError
+
+if TYPE_CHECKING:
+    from fleet_mcp.db.uow import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +178,9 @@ class AuditWriter:
     callers' rows go into one transaction, and each caller returns only once its row is committed.
     A row, once handed over, is written even if its caller is cancelled."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, write_lock: WriteLock | None = None) -> None:
         self._engine = engine
+        self._write_lock = write_lock
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -214,7 +219,10 @@ class AuditWriter:
         if not batch:
             return
         try:
-            async with self._engine.begin() as conn:
+            async with contextlib.AsyncExitStack() as stack:
+                if self._write_lock is not None:  # a unit of work of its own, in its own task
+                    await stack.enter_async_context(self._write_lock.hold())
+                conn = await stack.enter_async_context(self._engine.begin())
                 last = await append_rows(conn, [row for row, _ in batch])
         except Exception:
             log.exception("could not append %d audit row(s); their calls report the audit as unavailable",

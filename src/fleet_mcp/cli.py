@@ -36,19 +36,21 @@ async def _with_app(settings: Settings, fn: Callable[[Any], Awaitable[int | None
     app = App(settings)
     await app.start()
     try:
-        return await fn(app) or 0
+        code = await fn(app) or 0
+        # Work a committed call launched (a rotation an approval started) runs to its end before we exit.
+        await app.drain()
+        return code
     finally:
         await app.close()
 
 
 async def _call_tool(app: Any, name: str, arguments: dict[str, Any], progress: Any = None) -> Any:
     """Call a tool in-process through the same gate as MCP, as the configured local principal."""
-    from fleet_mcp.gate import Gate
     from fleet_mcp.registry import load_tools
 
     spec = load_tools()[name]
     assert app.stdio_caller is not None
-    return await Gate(app).call(spec, app.stdio_caller, arguments, progress=progress)
+    return await app.gate.call(spec, app.stdio_caller, arguments, progress=progress)
 
 
 def _print_outcome(outcome: Any) -> int:

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from fleet_mcp import audit
 from fleet_mcp.context import ProgressFn, ToolContext
-from fleet_mcp.errors import FleetError, InvalidArgument, PermissionDenied
+from fleet_mcp.errors import Conflict, FleetError, InvalidArgument
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
 
@@ -105,22 +106,54 @@ async def _record(session: AsyncSession, spec: ToolSpec, caller: Caller, args: B
     await audit.append(session, **_row(spec, caller, args, t0, **kw))
 
 
-async def _invoke(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> dict[str, Any]:
+async def _invoke(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> BaseModel:
     result = await spec.handler(ctx, args)
     if not isinstance(result, spec.output_model):
         raise TypeError(f"{spec.name} returned {type(result).__name__}")
-    return result.model_dump(mode="json")
+    return result
 
 
-async def _attempt(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> tuple[CallOutcome, str, dict[str, Any], bool]:
-    """Run the handler: its outcome, the audit row's outcome and detail, and whether its changes stay (on
-    success, and for a refusal that must leave a trace such as a failed-accept counter or a stale mark)."""
+@dataclass
+class _Attempt:
+    """What running a handler gave: the result model (on success) or the shaped failure, the audit row's
+    outcome and detail, and whether the unit of work's changes stay (on success, and for a refusal that
+    must leave a trace such as a failed-accept counter or a stale mark)."""
+
+    outcome: CallOutcome
+    state: str
+    detail: dict[str, Any]
+    keep: bool
+    result: BaseModel | None = None
+    committed: bool = False
+
+
+async def _attempt(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> _Attempt:
     try:
-        data = await _invoke(spec, ctx, args)
+        result = await _invoke(spec, ctx, args)
     except Exception as exc:  # noqa: BLE001 - shaped by _failure
         outcome, state, detail = _failure(spec, exc, ctx.call_id)
-        return outcome, state, detail, getattr(exc, "keep_changes", False)
-    return CallOutcome(True, data, ""), "ok", {"call_id": ctx.call_id}, True
+        return _Attempt(outcome, state, detail, getattr(exc, "keep_changes", False))
+    return _Attempt(CallOutcome(True, result.model_dump(mode="json"), ""), "ok", {"call_id": ctx.call_id}, True,
+                    result)
+
+
+def _stored_result(outcome: CallOutcome) -> dict[str, Any]:
+    """What an approval request keeps of its run's outcome (masked again by the approvals module)."""
+    return dict(outcome.data) if outcome.ok else {"error": outcome.message, **outcome.data}
+
+
+#: Steps an approval adds to the call's own unit of work: `before` claims the approval (raising a FleetError
+#: refuses the call, nothing runs), `after` records the outcome with the call's changes, `failed` records a
+#: failure in a unit of work of its own after the call's work rolled back.
+StepFn = Callable[["AsyncSession"], Awaitable[None]]
+ResultFn = Callable[["AsyncSession", CallOutcome], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ApprovalSteps:
+    before: StepFn
+    after: ResultFn
+    failed: ResultFn
 
 
 def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
@@ -286,24 +319,40 @@ class Gate:
 
     async def _run_elicited(self, spec: ToolSpec, caller: Caller, args: BaseModel, verdict: Verdict, t0: float,
                             progress: ProgressFn | None, key: str) -> CallOutcome:
-        """An answer given in the client becomes an approval record, used once, in the run's transaction."""
+        """An answer given in the client becomes an approval record, used once, in the run's own unit of
+        work; a run that fails still consumes the answer (recorded on its own after the rollback)."""
         from fleet_mcp import approvals
 
-        assert self.app.sessionmaker is not None
-        async with self.app.sessionmaker() as session, session.begin():
-            try:
-                req = await approvals.record_elicited(session, key=key, tool=spec.name, caller=caller,
-                                                      arguments=args, rule=verdict.rule)
-            except FleetError as exc:
-                await _record(session, spec, caller, args, t0, decision="require_approval",
-                              outcome="replay_refused", detail={"error": exc.to_dict()})
-                return CallOutcome(False, {"status": "denied", "rule": verdict.rule, "reason": exc.message},
-                                   f"{exc.message} Call the tool again to be asked again.")
-            outcome = await self._run(spec, caller, args, decision="approved_by_elicitation", t0=t0,
-                                      progress=progress, session=session, approval_id=req.id)
-            await approvals.finish_elicited(session, req, outcome.ok, outcome.data if outcome.ok else
-                                            {"error": outcome.message})
-            return outcome
+        async def claim(session: AsyncSession) -> None:
+            await approvals.record_elicited(session, key=key, tool=spec.name, caller=caller, arguments=args,
+                                            rule=verdict.rule)
+
+        async def done(session: AsyncSession, outcome: CallOutcome) -> None:
+            await approvals.finish_elicited(session, key, outcome.ok, _stored_result(outcome))
+
+        async def failed(session: AsyncSession, outcome: CallOutcome) -> None:
+            await approvals.record_elicited(session, key=key, tool=spec.name, caller=caller, arguments=args,
+                                            rule=verdict.rule)
+            await approvals.finish_elicited(session, key, False, _stored_result(outcome))
+
+        return await self._run(spec, caller, args, decision="approved_by_elicitation", t0=t0, progress=progress,
+                               approval_id=approvals.elicited_id(key), steps=ApprovalSteps(claim, done, failed),
+                               refusal_rule=verdict.rule)
+
+    async def _prepare(self, spec: ToolSpec, caller: Caller, args: BaseModel, approval_id: str | None) -> Any:
+        """The tool's slow outside work (a git fetch), on a read-only session, before any write transaction
+        opens. An optimisation only: when it fails, the handler does the work inside the unit of work and
+        reports any error there (with its audit row)."""
+        if spec.prepare is None:
+            return None
+        assert self.app.read_sessionmaker is not None
+        try:
+            async with self.app.read_sessionmaker() as read:  # never committed; the engine refuses writes
+                ctx = ToolContext(self.app, read, caller, "prepare", approval_id=approval_id)
+                return await spec.prepare(ctx, args)
+        except Exception:  # noqa: BLE001
+            log.warning("prepare step of %s failed; the handler will do the work itself", spec.name, exc_info=True)
+            return None
 
     async def _run(
         self,
@@ -314,70 +363,97 @@ class Gate:
         decision: str,
         t0: float,
         progress: ProgressFn | None = None,
-        session: AsyncSession | None = None,
         approval_id: str | None = None,
+        steps: ApprovalSteps | None = None,
+        refusal_rule: str = "approval",
     ) -> CallOutcome:
-        """Run the handler in one unit of work with its audit row. A read-only tool reads on the read-only
-        engine (it never takes SQLite's write lock) and its row is group-committed; a writing tool's row
-        commits with its changes; a failed call's row commits alone after the rollback."""
-        prepared = None
-        if spec.prepare is not None:
-            # An optimisation only: when it fails, the handler does the work inside the unit of work and
-            # reports any error there (with its audit row).
-            try:
-                prepared = await spec.prepare(self.app, caller, args)
-            except Exception:  # noqa: BLE001
-                log.warning("prepare step of %s failed; the handler will do the work itself", spec.name,
-                            exc_info=True)
+        """Run the handler in its own unit of work with its audit row, then the after-commit hooks it set.
+        A read-only tool reads on the read-only engine (it never takes SQLite's write lock) and its row is
+        group-committed; a writing tool's row commits with its changes; a failed call's row commits alone
+        after the rollback. Nothing here runs inside another unit of work."""
+        prepared = await self._prepare(spec, caller, args, approval_id)
         call_id = uuid.uuid4().hex[:16]
-        audit_kw = {"decision": decision, "approval_id": approval_id}
-        if session is not None:
-            return await self._run_shared(spec, caller, args, t0, call_id, progress, session, prepared, audit_kw)
-        if spec.read_only:
+        audit_kw: dict[str, Any] = {"decision": decision, "approval_id": approval_id}
+        if spec.read_only and steps is None:
             assert self.app.read_sessionmaker is not None
             async with self.app.read_sessionmaker() as read:  # never committed; the engine refuses writes
                 ctx = ToolContext(self.app, read, caller, call_id, approval_id=approval_id, prepared=prepared,
                                   _progress=progress)
-                outcome, state, detail, _ = await _attempt(spec, ctx, args)
-            await self._audit_only(spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
-            return outcome
+                attempt = await _attempt(spec, ctx, args)
+            await self._audit_only(spec, caller, args, t0, outcome=attempt.state, detail=attempt.detail, **audit_kw)
+            return attempt.outcome
 
         assert self.app.sessionmaker is not None
-        own = self.app.sessionmaker()
-        try:
+        committed = False
+        refused: FleetError | None = None
+        async with self.app.write_lock.hold(), self.app.sessionmaker() as own:
             await own.begin()
             ctx = ToolContext(self.app, own, caller, call_id, approval_id=approval_id, prepared=prepared,
                               _progress=progress)
-            outcome, state, detail, keep = await _attempt(spec, ctx, args)
-            if keep:
+            if steps is not None:
                 try:
-                    await _record(own, spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
-                    await own.commit()
-                    return outcome
-                except Exception as exc:  # noqa: BLE001 - a constraint or connection failure at commit
-                    outcome, state, detail = _failure(spec, exc, call_id)
-            await own.rollback()
-        finally:
-            await own.close()
-        await self._audit_only(spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
-        return outcome
+                    await steps.before(own)
+                except FleetError as exc:
+                    refused = exc
+            if refused is not None:
+                await own.rollback()
+            else:
+                attempt = await self._attempt_and_commit(spec, ctx, args, own, t0, steps, audit_kw)
+                committed = attempt.committed
+        # The write lock is released from here on: rows written below may need it (group commit).
+        if refused is not None:  # the approval could not be claimed: nothing ran
+            await self._audit_only(spec, caller, args, t0, outcome="refused", detail={"error": refused.to_dict()},
+                                   **audit_kw)
+            return CallOutcome(False, {"status": "denied", "rule": refusal_rule, "reason": refused.message},
+                               f"{refused.message} Nothing was run.")
+        if committed:
+            return await self._after_commit(spec, ctx, attempt)
+        if steps is not None:
+            async with self.app.unit_of_work() as uow:
+                await steps.failed(uow.session, attempt.outcome)
+                await _record(uow.session, spec, caller, args, t0, outcome=attempt.state, detail=attempt.detail,
+                              **audit_kw)
+        else:
+            await self._audit_only(spec, caller, args, t0, outcome=attempt.state, detail=attempt.detail, **audit_kw)
+        return attempt.outcome
 
-    async def _run_shared(self, spec: ToolSpec, caller: Caller, args: BaseModel, t0: float, call_id: str,
-                          progress: ProgressFn | None, session: AsyncSession, prepared: Any,
-                          audit_kw: dict[str, Any]) -> CallOutcome:
-        """Inside a unit of work that is not the call's own (an approval's): the handler's changes live in a
-        savepoint, so a failure undoes them and leaves the owner's work and the audit row in place."""
-        ctx = ToolContext(self.app, session, caller, call_id, approval_id=audit_kw["approval_id"],
-                          prepared=prepared, shared_unit_of_work=True, _progress=progress)
-        savepoint = await session.begin_nested()
-        try:
-            outcome, state, detail, keep = await _attempt(spec, ctx, args)
-        except BaseException:
-            await savepoint.rollback()
-            raise
-        await (savepoint.commit() if keep else savepoint.rollback())
-        await _record(session, spec, caller, args, t0, outcome=state, detail=detail, **audit_kw)
-        return outcome
+    async def _attempt_and_commit(self, spec: ToolSpec, ctx: ToolContext, args: BaseModel, own: AsyncSession,
+                                  t0: float, steps: ApprovalSteps | None, audit_kw: dict[str, Any]) -> _Attempt:
+        """Run the handler in the open unit of work; keep its changes with their audit row and commit, or roll
+        everything back (the failure's row is then written by the caller, once the lock is released)."""
+        attempt = await _attempt(spec, ctx, args)
+        if attempt.keep:
+            try:
+                if steps is not None:
+                    await steps.after(own, attempt.outcome)
+                await _record(own, spec, ctx.principal, args, t0, outcome=attempt.state, detail=attempt.detail,
+                              **audit_kw)
+                await own.commit()
+                attempt.committed = True
+                return attempt
+            except Exception as exc:  # noqa: BLE001 - a constraint or connection failure at commit
+                outcome, state, detail = _failure(spec, exc, ctx.call_id)
+                attempt = _Attempt(outcome, state, detail, False)
+        await own.rollback()
+        return attempt
+
+    async def _after_commit(self, spec: ToolSpec, ctx: ToolContext, attempt: _Attempt) -> CallOutcome:
+        """Run the hooks the handler set, in order, on the committed result. A hook must not raise; one that
+        does is logged by reference and the committed result stands (its changes are in, with their row)."""
+        result = attempt.result
+        if result is None or not ctx._after_commit:
+            return attempt.outcome
+        for hook in ctx._after_commit:
+            try:
+                replaced = await hook(result)
+            except Exception:  # noqa: BLE001
+                ref = uuid.uuid4().hex[:12]
+                log.exception("after-commit step of %s failed (reference %s); its changes were committed",
+                              spec.name, ref)
+                continue
+            if replaced is not None:
+                result = replaced
+        return CallOutcome(True, result.model_dump(mode="json"), "")
 
     async def _audit_only(self, spec: ToolSpec, caller: Caller, args: BaseModel | dict[str, Any], t0: float,
                           **kw: Any) -> None:
@@ -389,13 +465,12 @@ class Gate:
         from fleet_mcp import approvals
 
         summary = await self.summary(spec, caller, args)
-        assert self.app.sessionmaker is not None
-        async with self.app.sessionmaker() as session, session.begin():
+        async with self.app.unit_of_work() as uow:
             req = await approvals.create_request(
-                session, self.app, tool=spec.name, caller=caller, arguments=args, rule=verdict.rule,
+                uow.session, self.app, tool=spec.name, caller=caller, arguments=args, rule=verdict.rule,
                 spec=verdict.approval, summary=summary,
             )
-            await _record(session, spec, caller, args, t0, decision="require_approval",
+            await _record(uow.session, spec, caller, args, t0, decision="require_approval",
                           outcome="approval_required", detail={"rule": verdict.rule}, approval_id=req.id)
         data = {"status": "approval_required", "rule": verdict.rule, "approval_id": req.id,
                 "expires_at": req.expires_at.isoformat(), "approvers": list(req.approvers),
@@ -407,19 +482,54 @@ class Gate:
         return CallOutcome(False, data, msg)
 
     # -- approved execution ----------------------------------------------------------------------
-    async def execute_approved(self, session: AsyncSession, req: Any, requester: Caller, raw_args: dict[str, Any]
-                               ) -> CallOutcome:
-        """Run an approved request once, as the requester, inside the decider's unit of work."""
+    async def execute_approved(self, approval_id: str, account_id: int) -> CallOutcome:
+        """Run a request whose approvals are in, once, as the requester, in a unit of work of its own: the
+        decision has committed before this starts (so nothing here waits on the decider's locks), and the
+        request moves from `executing` to `executed` in the same transaction as the operation's changes.
+        The requester's standing and the current policy are checked again first: a request the policy now
+        denies, or whose requester lost the permission, is refused and recorded so."""
+        from fleet_mcp import approvals
         from fleet_mcp.registry import load_tools
 
-        spec = load_tools()[req.tool]
         t0 = time.perf_counter()
-        args = self.parse(spec, raw_args)
+        assert self.app.read_sessionmaker is not None
+        try:
+            async with self.app.read_sessionmaker() as read:
+                req = await approvals.get(read, approval_id, account_id)
+                if req.status != "executing":
+                    raise Conflict(f"approval request {approval_id} is {req.status}; it can run only once",
+                                   approval_id=approval_id)
+                requester = await approvals.requester_caller_of(read, req)
+                raw = await approvals.unseal_arguments(read, self.app, req)
+            spec = load_tools()[req.tool]
+            args = self.parse(spec, raw)
+        except FleetError as exc:
+            return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
+        reason = ""
+        verdict = self.evaluate(spec, requester, args, can_elicit=False)
         if audit.arguments_digest(args.model_dump(mode="python")) != req.args_digest:
-            raise PermissionDenied("the stored arguments do not match the approved digest; refusing to execute",
-                                   approval_id=req.id)
-        if not self.has_permission(requester, spec.permission):
-            return CallOutcome(False, {"status": "denied", "permission": spec.permission},
-                               f"The requester no longer has permission {spec.permission}.")
-        return await self._run(spec, requester, args, decision="approved", t0=t0, session=session,
-                               approval_id=req.id)
+            reason = "the stored arguments do not match the approved digest"
+        elif verdict.action == "deny":
+            reason = (f"the requester no longer has permission {verdict.permission}" if verdict.permission
+                      else f"the policy now denies {spec.name} (rule {verdict.rule!r}: {verdict.reason})")
+        if reason:
+            async with self.app.unit_of_work() as uow:
+                await approvals.refuse_execution(uow.session, req.id, reason)
+                await _record(uow.session, spec, requester, args, t0, decision="deny", outcome="refused_at_execution",
+                              detail={"rule": verdict.rule, "reason": reason}, approval_id=req.id)
+            data: dict[str, Any] = {"status": "denied", "rule": verdict.rule, "reason": reason}
+            if verdict.permission:
+                data["permission"] = verdict.permission
+            return CallOutcome(False, data, f"Approval request {req.id} was not executed: {reason}.")
+
+        async def claim(session: AsyncSession) -> None:
+            await approvals.begin_execution(session, req.id)
+
+        async def done(session: AsyncSession, outcome: CallOutcome) -> None:
+            await approvals.finish_execution(session, req.id, outcome.ok, _stored_result(outcome))
+
+        async def failed(session: AsyncSession, outcome: CallOutcome) -> None:
+            await approvals.finish_execution(session, req.id, False, _stored_result(outcome))
+
+        return await self._run(spec, requester, args, decision="approved", t0=t0, approval_id=req.id,
+                               steps=ApprovalSteps(claim, done, failed), refusal_rule=req.rule)

@@ -13,17 +13,16 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from fleet_mcp.app import App
     from fleet_mcp.context import ToolContext
-    from fleet_mcp.principals import Caller
 
 TOOLSETS = ("fleet", "gitops", "federation", "vault", "approvals", "audit")
 
 Handler = Callable[["ToolContext", Any], Awaitable[BaseModel]]
 Summary = Callable[["ToolContext", Any], Awaitable[str]]
 #: Slow outside work (a git fetch) done before the unit of work opens, so no database lock is held
-#: while it runs; the handler finds its result in `ctx.prepared`.
-Prepare = Callable[["App", "Caller", Any], Awaitable[Any]]
+#: while it runs: it gets a context whose session is read-only; the handler finds its result in
+#: `ctx.prepared`.
+Prepare = Callable[["ToolContext", Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True)

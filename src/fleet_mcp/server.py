@@ -179,7 +179,7 @@ def _make_tool(app: App, gate: Gate, spec: ToolSpec) -> Any:
 def build_server(
     app: App, *, read_only: bool = False, toolsets: set[str] | None = None
 ) -> tuple[MCPServer, Gate]:
-    gate = Gate(app)
+    gate = app.gate
     server = MCPServer(
         name="fleet-mcp", title="fleet-mcp", version=__version__, instructions=INSTRUCTIONS,
         log_level=app.settings.log_level.upper(),  # type: ignore[arg-type]

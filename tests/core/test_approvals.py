@@ -177,7 +177,10 @@ async def test_an_approval_never_runs_other_arguments(app, people) -> None:  # n
                         .values(args_digest=arguments_digest({"name": "gcp"})))
     out = await call_as(app, people["ben"], "system_approvals_decide",
                         {"approval_id": aid, "decision": "approve", "reason": "ok"})
-    assert not out.ok and "digest" in out.message
+    # The decision is recorded; the run is refused and recorded as such, and nothing was deleted.
+    assert out.ok and not out.data["executed"], out.data
+    assert out.data["approval"]["status"] == "refused" and "digest" in out.data["approval"]["result"]["error"]
+    assert out.data["result"]["status"] == "denied"
     assert await _count(app, ProviderConfig) == 2
 
 

@@ -2,37 +2,58 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.util import await_only
 
 from fleet_mcp.db import sqlite_inline
+from fleet_mcp.db.uow import WriteLock
 
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False) -> AsyncEngine:
-    """Create an async engine; on SQLite every transaction begins IMMEDIATE so writers queue, not fail.
+def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False,
+                  write_lock: WriteLock | None = None) -> AsyncEngine:
+    """Create an async engine. On SQLite every write transaction begins IMMEDIATE (it takes the write lock
+    up front, so a transaction that reads then writes queues instead of failing "database is locked").
     A `readonly` engine refuses writes (SQLite `query_only`, PostgreSQL read-only transactions); on SQLite
-    it begins plain (deferred) transactions: in WAL mode readers never wait for the writer, so lookups
-    and read-only tools need not queue behind writes."""
+    it begins plain (deferred) transactions: in WAL mode readers never wait for the writer.
+    `write_lock` is told when a write transaction begins and ends, so a task that holds a unit of work and
+    begins a second write transaction fails at once instead of waiting on itself. Bound parameters never
+    appear in SQL error messages or logs (they can hold ciphertexts and digests)."""
     if is_sqlite(url):
         engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}, module=sqlite_inline.dbapi()
+            url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}, module=sqlite_inline.dbapi(),
+            hide_parameters=True,
         )
-        _install_sqlite_pragmas(engine, readonly=readonly)
-        return engine
-    connect_args = {"server_settings": {"default_transaction_read_only": "on"}} if readonly else {}
-    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
-                               connect_args=connect_args)
+        _install_sqlite_pragmas(engine, readonly=readonly, write_lock=write_lock)
+    else:
+        connect_args = {"server_settings": {"default_transaction_read_only": "on"}} if readonly else {}
+        engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
+                                     pool_pre_ping=True, connect_args=connect_args, hide_parameters=True)
+    if write_lock is not None and not readonly:
+        _install_write_guard(engine, write_lock, check_begin=not is_sqlite(url))
+    return engine
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> None:
+def _install_write_guard(engine: AsyncEngine, lock: WriteLock, *, check_begin: bool) -> None:
+    def _begun(conn: Any) -> None:
+        lock.on_begin(conn)
+
+    def _ended(conn: Any) -> None:
+        lock.on_end(conn)
+
+    if check_begin:  # on SQLite the begin listener below checks before its BEGIN IMMEDIATE could wait
+        event.listen(engine.sync_engine, "begin", _begun)
+    event.listen(engine.sync_engine, "commit", _ended)
+    event.listen(engine.sync_engine, "rollback", _ended)
+
+
+def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False, write_lock: WriteLock | None = None
+                            ) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
@@ -45,42 +66,16 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False) -> N
             cur.execute("PRAGMA query_only=ON")
         cur.close()
 
-    if readonly:
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin_read(conn: Any) -> None:
-            sqlite_inline.run(conn, "BEGIN")
-
-        return
-
-    # The driver runs in autocommit mode (isolation_level=None); we open transactions ourselves.
-    # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
-    # would fail with "database is locked" instead of waiting when another writer is active.
-    # Within this process, transactions first queue on an asyncio lock: sleep-polling for SQLite's lock
-    # gives long tails under concurrency; the lock hands over in arrival order. (Against other processes
-    # the driver waits for SQLite's lock with asyncio sleeps.)
-    lock = asyncio.Lock()
-    # Keyed by the Connection, not kept in `conn.info`: after a cancelled statement SQLAlchemy invalidates
-    # the connection and `info` raises, which would leave the lock held for good.
-    holders: set[int] = set()
+    # The driver runs in autocommit mode (isolation_level=None); transactions are opened here. Within this
+    # process, write transactions queue on the unit of work's explicit lock (fleet_mcp.db.uow) before they
+    # get here; against other processes the driver waits for SQLite's lock with asyncio sleeps.
+    statement = "BEGIN" if readonly else "BEGIN IMMEDIATE"
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        await_only(lock.acquire())
-        try:
-            sqlite_inline.run(conn, "BEGIN IMMEDIATE")
-        except BaseException:
-            lock.release()
-            raise
-        holders.add(id(conn))
-
-    def _release(conn: Any) -> None:
-        if id(conn) in holders:
-            holders.discard(id(conn))
-            lock.release()
-
-    event.listen(engine.sync_engine, "commit", _release)
-    event.listen(engine.sync_engine, "rollback", _release)
+        if write_lock is not None and not readonly:
+            write_lock.on_begin(conn)  # refuses before BEGIN IMMEDIATE could wait on its own unit of work
+        sqlite_inline.run(conn, statement)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -41,11 +41,10 @@ async def auto_sync(app: Any) -> list[dict[str, Any]]:
     if not app.settings.auto_sync_interval:
         return []
     from fleet_mcp import principals
-    from fleet_mcp.gate import Gate
     from fleet_mcp.registry import load_tools
 
     tools = load_tools()
-    gate = Gate(app)
+    gate = app.gate
     async with app.sessionmaker() as session:
         repos = [(r.id, r.account_id, r.auto_apply) for r in await service.list_enabled_repositories(session)]
     outcomes: list[dict[str, Any]] = []

@@ -33,7 +33,8 @@ class ApprovalOut(BaseModel):
 
 class ListArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: Literal["pending", "executing", "executed", "failed", "rejected", "expired", "cancelled"] | None = Field(
+    status: Literal["pending", "executing", "executed", "failed", "refused", "rejected", "expired",
+                    "cancelled"] | None = Field(
         default=None, description="Only requests in this status.")
 
 
@@ -85,9 +86,19 @@ class DecideOut(BaseModel):
 async def approvals_decide(ctx: ToolContext, args: DecideArgs) -> DecideOut:
     """Approve or reject a pending request. When the required approvals are in, the operation runs once,
     as the requester, and its result is stored on the request."""
-    from fleet_mcp.gate import Gate
+    req, ready = await approvals.decide(ctx.session, approval_id=args.approval_id, decider=ctx.principal,
+                                        decision=args.decision, reason=args.reason)
+    out = DecideOut(approval=ApprovalOut(**approvals.to_dict(req)), executed=False)
+    if ready:
+        approval_id, account_id = req.id, req.account_id
 
-    req, result = await approvals.decide(ctx.session, Gate(ctx.app), approval_id=args.approval_id,
-                                         decider=ctx.principal, decision=args.decision, reason=args.reason)
-    return DecideOut(approval=ApprovalOut(**approvals.to_dict(req)), executed=req.status in ("executed", "failed"),
-                     result=result)
+        async def execute(_: BaseModel) -> DecideOut:
+            # The decision has committed: the operation runs in a unit of work of its own, as the requester.
+            outcome = await ctx.app.gate.execute_approved(approval_id, account_id)
+            async with ctx.app.read_sessionmaker() as read:
+                done = await approvals.get(read, approval_id, account_id)
+                return DecideOut(approval=ApprovalOut(**approvals.to_dict(done)),
+                                 executed=done.status in ("executed", "failed"), result=outcome.data)
+
+        ctx.after_commit(execute)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -10,7 +11,7 @@ from sqlalchemy import func, select
 
 from fleet_mcp import principals
 from fleet_mcp.context import ToolContext
-from fleet_mcp.errors import Busy, ExternalError
+from fleet_mcp.errors import Busy, ExternalError, FleetError
 from fleet_mcp.registry import NoArgs, tool
 from fleet_mcp.vault import rotation
 from fleet_mcp.vault.credentials import CredentialStore
@@ -20,6 +21,8 @@ from fleet_mcp.vault.rotation import RotationEngine
 from fleet_mcp.vault.rotation_jobs import active_job, count_below, get_job, job_info, plan_job
 from fleet_mcp.vault.schemas import CredentialInfo, RotationJobInfo
 from fleet_mcp.vault.transit import TransitBackend
+
+log = logging.getLogger(__name__)
 
 VAULT: dict[str, Any] = {"toolset": "vault"}
 UserKind = Literal["generic", "git_https", "git_ssh", "api_key", "password", "token"]
@@ -246,37 +249,44 @@ async def rotate_pepper(ctx: ToolContext, args: RotateArgs) -> RotateOut:
     The job is crash-safe and resumable; a second rotation while one is active is refused. With wait=true
     progress is streamed; otherwise poll system_vault_get_rotation_job."""
     transit = _transit(ctx)
-    assert ctx.app.sessionmaker is not None
-    batch = args.batch_size or ctx.app.settings.rotation_batch_size
-    engine = RotationEngine(ctx.app.sessionmaker, transit, batch_size=batch)
-    started_by = ctx.principal.qualified
-    if ctx.shared_unit_of_work:
-        # Inside another unit of work (an approval being executed): record the job there, so it exists
-        # exactly when the approval commits; it runs in the background from then on.
-        job = await plan_job(
-            ctx.session, transit, started_by=started_by, batch_size=batch, reencrypt_existing=args.reencrypt_existing
-        )
-        engine.launch(job.id)
-        info, waited = job_info(job), False
-        message = (
-            f"rotation job {job.id} starts in the background once this call commits"
-            f"{' (wait is not possible inside an approval)' if args.wait else ''}; "
-            "follow it with system_vault_get_rotation_job"
-        )
-    else:
-        info = await engine.start(
-            started_by=started_by, batch_size=batch, reencrypt_existing=args.reencrypt_existing, run=False
-        )
-        if args.wait:
-            info = await engine.run(info.id, progress=ctx.report_progress)
-            waited, message = True, f"rotation job {info.id} is {info.status}"
-        else:
-            engine.launch(info.id)
-            waited = False
-            message = f"rotation job {info.id} runs in the background; follow it with system_vault_get_rotation_job"
-    if info.status == "paused" and info.error:
-        message = f"{message}: {info.error}"
-    return RotateOut(job=info, latest_version=(await transit.read_key()).latest_version, waited=waited, message=message)
+    app = ctx.app
+    assert app.sessionmaker is not None
+    batch = args.batch_size or app.settings.rotation_batch_size
+    # The job is planned in this call's unit of work and starts only once it (with its audit row) commits.
+    job = await plan_job(ctx.session, transit, started_by=ctx.principal.qualified, batch_size=batch,
+                         reencrypt_existing=args.reencrypt_existing)
+    job_id, progress = job.id, ctx.progress
+    latest = (await transit.read_key()).latest_version
+    planned = RotateOut(job=job_info(job), latest_version=latest, waited=False,
+                        message=f"rotation job {job_id} runs in the background; follow it with "
+                                "system_vault_get_rotation_job")
+
+    async def start(_: BaseModel) -> RotateOut | None:
+        engine = RotationEngine(app.sessionmaker, transit, batch_size=batch)
+        if not args.wait:
+            app.spawn(_run_quietly(engine, job_id), name=f"rotation-{job_id}")
+            return None
+        try:
+            info = await engine.run(job_id, progress=progress)
+        except FleetError as exc:
+            return planned.model_copy(update={"message": f"rotation job {job_id} did not run: {exc.message}"})
+        message = f"rotation job {info.id} is {info.status}"
+        if info.status == "paused" and info.error:
+            message = f"{message}: {info.error}"
+        return RotateOut(job=info, latest_version=(await transit.read_key()).latest_version, waited=True,
+                         message=message)
+
+    ctx.after_commit(start)
+    return planned
+
+
+async def _run_quietly(engine: RotationEngine, job_id: int) -> None:
+    try:
+        await engine.run(job_id)
+    except FleetError as exc:
+        log.info("rotation job %s not run: %s", job_id, exc.message)
+    except Exception:
+        log.exception("rotation job %s crashed", job_id)
 
 
 class JobArgs(BaseModel):
