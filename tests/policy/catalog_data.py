@@ -42,7 +42,7 @@ ROWS: tuple[Row, ...] = (
     Row("system_gitops_apply_sync_run", "gitops", "system.gitops.apply", "D", ("sync_run_id", "force"), R),
     Row("system_gitops_reject_proposal", "gitops", "system.gitops.apply", "", ("proposal_id", "reason"), A),
     Row("system_gitops_suppress_drift", "gitops", "system.gitops.write", "",
-        ("kind", "name", "reason", "until"), A),
+        ("kind", "name", "reason", "until"), R),
     # Live fleet state
     Row("system_list_templates", "fleet", "system.fleet.read", "RO", (), A),
     Row("system_list_modules", "fleet", "system.fleet.read", "RO", (), A),
@@ -60,7 +60,7 @@ ROWS: tuple[Row, ...] = (
     Row("system_assign_module_to_template", "fleet", "system.fleet.write", "I",
         ("template", "module", "enabled", "priority", "config"), A),
     Row("system_unassign_module_from_template", "fleet", "system.fleet.write", "D",
-        ("template", "module"), A),
+        ("template", "module"), R),
     Row("system_recent_signals", "fleet", "system.fleet.read", "RO", ("kind", "limit"), A),
     # SD-WAN federation
     Row("system_sdwan_propose_federation_peer", "federation", "sdwan.federation.manage", "",
