@@ -120,7 +120,8 @@ async def test_a_redirect_to_another_host_never_carries_the_credential(client, a
     repo = _ok(await client.call_tool("system_gitops_register_repository", {
         "name": "bounced", "repo_url": bouncer.url("fleet.git"), "credential": "bouncer"}))["repository"]
     run = _ok(await client.call_tool("system_gitops_sync_repository", {"repository_id": repo["id"]}))["sync_run"]
-    assert (run["status"], run["stage"]) == ("failed", "fetch") and bouncer.requests
+    assert (run["status"], run["stage"]) == ("failed", "fetch") and bouncer.requests, run
+    assert "redirect" in run["error"], run["error"]
     assert other.seen_auth == [] and TOKEN not in json.dumps(run)
 
 

@@ -383,6 +383,12 @@ def _classify(stderr: str, *, what: str, branch: str | None) -> Exception:
     lines = [m.group(2).strip() for m in _FATAL.finditer(stderr)] or [stderr.strip()]
     detail = "; ".join(x for x in lines if x)[:400] or "no output"
     low = stderr.lower()
+    if re.search(r"returned error: 30[12378]\b", low):
+        return ExternalError(
+            f"{what}: the server answered with a redirect, and redirects are not followed "
+            "(a stored credential must never reach another host)",
+            hint="register the URL the server redirects to (with a credential stored for that host)",
+        )
     if "couldn't find remote ref" in low:
         return NotFound(
             f"branch {branch!r} does not exist in the repository", hint="check the branch name", branch=branch
