@@ -14,9 +14,11 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fleet_mcp import audit, principals
+from fleet_mcp.admission import Admission
 from fleet_mcp.db import migrate
 from fleet_mcp.db.engine import create_engine, is_sqlite, make_sessionmaker
 from fleet_mcp.db.uow import UnitOfWork, WriteLock, unit_of_work
+from fleet_mcp.keyring import load_key_ring
 from fleet_mcp.principals import Caller
 from fleet_mcp.settings import Settings
 
@@ -47,6 +49,10 @@ class App:
         self.write_lock = WriteLock(serialize=is_sqlite(settings.effective_database_url))
         self._gate: Gate | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._request_state_keys: list[bytes] | None = None
+        #: Bounded concurrency per process and per principal (excess refused as busy).
+        self.admission = Admission(per_process=settings.max_concurrent_calls,
+                                   per_principal=settings.max_concurrent_calls_per_principal)
         self._started = False
 
     @property
@@ -65,6 +71,15 @@ class App:
         assert self.sessionmaker is not None, "App.start() first"
         async with unit_of_work(self.sessionmaker, self.write_lock) as uow:
             yield uow
+
+    def request_state_keys(self) -> list[bytes]:
+        """Keys that seal the state of in-client approvals between rounds (protocol 2026-07-28). Replicas
+        behind one load balancer share them through `request_state_key_file` (so an answer may reach any
+        replica); without the file each process seals under a key of its own."""
+        if self._request_state_keys is None:
+            path = self.settings.request_state_key_file
+            self._request_state_keys = load_key_ring(path) if path is not None else [os.urandom(32)]
+        return self._request_state_keys
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
         """Run background work launched by a committed call (a job); `drain` waits for it, `close` cancels

@@ -256,9 +256,11 @@ async def begin_execution(session: AsyncSession, approval_id: str) -> None:
                        approval_id=approval_id)
 
 
-async def finish_execution(session: AsyncSession, approval_id: str, ok: bool, result: dict[str, Any]) -> None:
+async def finish_execution(session: AsyncSession, app: App, approval_id: str, ok: bool, result: dict[str, Any],
+                           secrets: dict[str, Any] | None = None) -> None:
     """Store the outcome on the request and drop its sealed arguments. With the operation's changes (after
-    `begin_execution`), or alone after they rolled back (the request is then still executing)."""
+    `begin_execution`), or alone after they rolled back (the request is then still executing). Secrets the
+    run produced (already masked in `result`) are sealed for the requester, who collects them once."""
     req = (await session.execute(
         select(ApprovalRequest).where(ApprovalRequest.id == approval_id).with_for_update()
     )).scalar_one()
@@ -270,7 +272,46 @@ async def finish_execution(session: AsyncSession, approval_id: str, ok: bool, re
     if req.arguments_sealed:
         await _discard_sealed(session, req.arguments_sealed)
         req.arguments_sealed = ""
+    if secrets:
+        from fleet_mcp.vault import credentials as vault_credentials
+
+        await vault_credentials.seal(session, app.transit, req.account_id, _result_name(req.id), RESULT_KIND,
+                                     json.dumps(secrets).encode())
+        req.result = {**req.result, "secrets_for_requester": "collect once with system_approvals_collect_result"}
     await session.flush()
+
+
+RESULT_KIND = "approval_result"
+
+
+def _result_name(approval_id: str) -> str:
+    return f"approval-result:{approval_id}"
+
+
+async def collect_result(session: AsyncSession, app: App, approval_id: str, caller: Caller) -> dict[str, Any]:
+    """The secrets an approved run produced, to the requester only, once: they are deleted as they are
+    returned."""
+    from fleet_mcp.vault import credentials as vault_credentials
+    from fleet_mcp.vault.models import Credential
+
+    req = await get(session, approval_id, caller.account_id, lock=True)
+    if req.requested_by != caller.qualified:
+        raise PermissionDenied(f"only the requester ({req.requested_by}) can collect the result of {approval_id}",
+                               approval_id=approval_id)
+    row = (await session.execute(
+        select(Credential.id).where(Credential.account_id == req.account_id,
+                                    Credential.name == _result_name(req.id), Credential.kind == RESULT_KIND)
+    )).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"approval request {approval_id} holds no secrets to collect (none were produced, or they "
+                       "were collected already)", approval_id=approval_id)
+    secrets = json.loads(await vault_credentials.unseal(session, app.transit, row))
+    await vault_credentials.discard(session, row)
+    result = dict(req.result or {})
+    result["secrets_for_requester"] = f"collected by {caller.qualified} at {utcnow().isoformat()}"
+    req.result = result
+    await session.flush()
+    return dict(secrets)
 
 
 async def refuse_execution(session: AsyncSession, approval_id: str, reason: str) -> None:

@@ -4,12 +4,13 @@
     ├── InvalidArgument        the caller's input is wrong (schema, limits, hostile values)
     ├── NotFound               the named thing does not exist
     ├── Conflict               the thing exists but is in the wrong state
-    │   ├── StaleConflict      a proposal's base no longer matches live state
-    │   └── Busy               another operation holds the resource (sync, rotation)
+    │   └── Busy               another operation holds the resource (sync, rotation), or the server or
+    │                          principal is at its concurrency limit (then with retry_after)
     ├── PermissionDenied       the principal lacks the tool's permission or role
     ├── Unauthenticated        no principal could be established (bad or revoked token)
     ├── RateLimited            too many attempts; retry later
     └── ExternalError          git, Vault/OpenBao or TLS peer failed or timed out
+        └── Unavailable        the database could not be reached; nothing was changed; retry
 
 Services raise these; the gate turns them into error results the model can act on. Any other
 exception is a bug: the gate logs it and returns a reference id, never its text.
@@ -62,10 +63,6 @@ class Conflict(FleetError):
     code = "conflict"
 
 
-class StaleConflict(Conflict):
-    code = "stale"
-
-
 class Busy(Conflict):
     code = "busy"
 
@@ -84,3 +81,36 @@ class RateLimited(FleetError):
 
 class ExternalError(FleetError):
     code = "external_error"
+
+
+class Unavailable(ExternalError):
+    """The database could not be reached (restarting, unreachable, failed over): the call changed nothing and
+    can be retried as it is."""
+
+    code = "unavailable"
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) means the database connection was lost or refused,
+    as opposed to a statement the database rejected."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, InterfaceError | ConnectionError | TimeoutError):
+            return True
+        if isinstance(seen, OperationalError) and "locked" not in str(seen.orig):
+            return True
+        if type(seen).__module__.startswith("asyncpg") and type(seen).__name__ in (
+                "ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
+                "AdminShutdownError", "InterfaceError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+UNAVAILABLE_HINT = "retry in a few seconds; if it persists, check the database server"

@@ -8,16 +8,25 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from fleet_mcp import audit
 from fleet_mcp.context import ProgressFn, ToolContext
-from fleet_mcp.errors import Conflict, FleetError, InvalidArgument
+from fleet_mcp.errors import (
+    UNAVAILABLE_HINT,
+    Busy,
+    Conflict,
+    FleetError,
+    InvalidArgument,
+    Unavailable,
+    database_unreachable,
+)
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
+from fleet_mcp.schema_marks import split_secrets
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,7 +53,6 @@ class CallOutcome:
     ok: bool
     data: dict[str, Any]
     message: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         if self.ok:
@@ -137,9 +145,13 @@ async def _attempt(spec: ToolSpec, ctx: ToolContext, args: BaseModel) -> _Attemp
                     result)
 
 
-def _stored_result(outcome: CallOutcome) -> dict[str, Any]:
-    """What an approval request keeps of its run's outcome (masked again by the approvals module)."""
-    return dict(outcome.data) if outcome.ok else {"error": outcome.message, **outcome.data}
+def _stored_result(spec: ToolSpec, outcome: CallOutcome) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What an approval request keeps of its run's outcome: the result with its secret fields masked (by
+    the result model's marks), and those secrets apart (for the requester only), or the error."""
+    if not outcome.ok:
+        return {"error": outcome.message, **outcome.data}, None
+    public, secrets = split_secrets(spec.output_model, outcome.data)
+    return public, secrets
 
 
 #: Steps an approval adds to the call's own unit of work: `before` claims the approval (raising a FleetError
@@ -159,6 +171,9 @@ class ApprovalSteps:
 def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
     """The result and audit outcome of a handler that raised: a domain error says what to do; anything
     else is a bug, reported by reference with details only in the log."""
+    if not isinstance(exc, FleetError) and database_unreachable(exc):
+        exc = Unavailable(f"the database could not be reached during {spec.name}; nothing was changed",
+                          hint=UNAVAILABLE_HINT)
     if isinstance(exc, FleetError):
         err = exc.to_dict()
         return CallOutcome(False, {"status": "error", "error": err}, str(exc)), "error", {"call_id": call_id,
@@ -245,12 +260,27 @@ class Gate:
 
     # -- the call --------------------------------------------------------------------------------
     async def call(self, spec: ToolSpec, caller: Caller, raw_args: dict[str, Any], **kw: Any) -> CallOutcome:
-        """Run one call through the gate; nothing unexpected ever escapes as a traceback."""
+        """Run one call through the gate; nothing unexpected ever escapes as a traceback. A process or
+        principal at its concurrency limit is answered busy at once (with its audit row)."""
+        t0 = time.perf_counter()
         try:
-            return await self._call(spec, caller, raw_args, **kw)
+            with self.app.admission.admit(caller.qualified):
+                return await self._call(spec, caller, raw_args, **kw)
+        except Busy as exc:
+            if exc.subject.get("retry_after") is None:
+                return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
+            await self._audit_only(spec, caller, raw_args, t0, decision="busy", outcome="busy",
+                                   detail={"error": exc.message})
+            return CallOutcome(False, {"status": "busy", "retry_after": exc.subject["retry_after"],
+                                       "error": exc.to_dict()}, f"{exc.message}; {exc.hint}. Nothing was run.")
         except FleetError as exc:
             return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
-        except Exception:
+        except Exception as exc:
+            if database_unreachable(exc):
+                err = Unavailable(f"the database could not be reached during {spec.name}; nothing was changed",
+                                  hint=UNAVAILABLE_HINT)
+                log.warning("database unreachable during %s: %s", spec.name, type(exc).__name__)
+                return CallOutcome(False, {"status": "error", "error": err.to_dict()}, str(err))
             ref = uuid.uuid4().hex[:12]
             log.exception("internal error in the gate for %s (reference %s)", spec.name, ref)
             return CallOutcome(False, {"status": "error", "error": {"code": "internal", "reference": ref}},
@@ -328,12 +358,13 @@ class Gate:
                                             rule=verdict.rule)
 
         async def done(session: AsyncSession, outcome: CallOutcome) -> None:
-            await approvals.finish_elicited(session, key, outcome.ok, _stored_result(outcome))
+            # The result goes back to the human who answered; its secrets are stored nowhere.
+            await approvals.finish_elicited(session, key, outcome.ok, _stored_result(spec, outcome)[0])
 
         async def failed(session: AsyncSession, outcome: CallOutcome) -> None:
             await approvals.record_elicited(session, key=key, tool=spec.name, caller=caller, arguments=args,
                                             rule=verdict.rule)
-            await approvals.finish_elicited(session, key, False, _stored_result(outcome))
+            await approvals.finish_elicited(session, key, False, _stored_result(spec, outcome)[0])
 
         return await self._run(spec, caller, args, decision="approved_by_elicitation", t0=t0, progress=progress,
                                approval_id=approvals.elicited_id(key), steps=ApprovalSteps(claim, done, failed),
@@ -526,10 +557,17 @@ class Gate:
             await approvals.begin_execution(session, req.id)
 
         async def done(session: AsyncSession, outcome: CallOutcome) -> None:
-            await approvals.finish_execution(session, req.id, outcome.ok, _stored_result(outcome))
+            public, secrets = _stored_result(spec, outcome)
+            await approvals.finish_execution(session, self.app, req.id, outcome.ok, public, secrets)
 
         async def failed(session: AsyncSession, outcome: CallOutcome) -> None:
-            await approvals.finish_execution(session, req.id, False, _stored_result(outcome))
+            await approvals.finish_execution(session, self.app, req.id, False, _stored_result(spec, outcome)[0])
 
-        return await self._run(spec, requester, args, decision="approved", t0=t0, approval_id=req.id,
-                               steps=ApprovalSteps(claim, done, failed), refusal_rule=req.rule)
+        outcome = await self._run(spec, requester, args, decision="approved", t0=t0, approval_id=req.id,
+                                  steps=ApprovalSteps(claim, done, failed), refusal_rule=req.rule)
+        # Whoever triggered the run (an approver) sees the result with its secrets masked: they are the
+        # requester's, collected once with system_approvals_collect_result.
+        public, secrets = _stored_result(spec, outcome) if outcome.ok else (outcome.data, None)
+        if secrets is not None:
+            return CallOutcome(True, public, "")
+        return outcome

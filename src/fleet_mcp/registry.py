@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict
 
+from fleet_mcp.schema_marks import unmarked_secrets
+
 if TYPE_CHECKING:
     from fleet_mcp.context import ToolContext
 
@@ -149,6 +151,8 @@ def tool(
         for m in (input_model, output_model):
             if not (isinstance(m, type) and issubclass(m, BaseModel)):
                 raise TypeError(f"{name}: input and output must be pydantic models")
+        if unmarked := unmarked_secrets(output_model, output_model.__name__):
+            raise TypeError(f"{name}: result fields that look secret must be marked SECRET: {', '.join(unmarked)}")
         if input_model.model_config.get("extra") != "forbid":
             raise TypeError(f"{name}: input model {input_model.__name__} must set extra='forbid'")
         doc = inspect.cleandoc(fn.__doc__ or "")

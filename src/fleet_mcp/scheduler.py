@@ -32,10 +32,13 @@ def job(name: str, interval: Callable[[Any], float], *, per_process: bool = Fals
 async def sweep_approvals(app: Any) -> None:
     from fleet_mcp import approvals
 
-    async with app.sessionmaker() as session, session.begin():
-        n = await approvals.sweep_expired(session)
+    async with app.unit_of_work() as uow:
+        n = await approvals.sweep_expired(uow.session)
+        stuck = await approvals.sweep_interrupted(uow.session)
     if n:
         log.info("expired %d approval request(s)", n)
+    if stuck:
+        log.warning("%d approved request(s) never ran (the server stopped first); recorded as failed", stuck)
 
 
 @job("policy.reload_if_changed", lambda app: 5.0, per_process=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import inspect
 import logging
-import os
 import secrets
 from typing import Annotated, Any
 
@@ -19,6 +19,7 @@ from mcp.server.mcpserver import (
     RequestStateSecurity,
     Resolve,
 )
+from mcp.server.request_state import AESGCMRequestStateCodec
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
@@ -73,14 +74,37 @@ def _can_elicit(ctx: Context) -> bool:
     return bool(caps is not None and getattr(caps, "elicitation", None) is not None)
 
 
-def _elicitation_key(ctx: Context) -> str:
-    """Identity of one human answer. On 2026-07-28 the answer rides the sealed request_state, which a
-    client could resend; its digest makes the approval single-use. Mid-call answers (2025-11-25) are
-    never resent, so a random key suffices."""
-    state = ctx.request_state
-    if state:
-        return hashlib.sha256(state.encode()).hexdigest()[:32]
-    return secrets.token_hex(16)
+#: Digest of the sealed requestState this request carried (2026-07-28), set as the state is unsealed.
+_sealed_instance: contextvars.ContextVar[str | None] = contextvars.ContextVar("fleet_mcp_sealed_state", default=None)
+
+
+class _InstanceCodec:
+    """The SDK's AES-GCM request-state codec, noting which sealed instance each request carried: every
+    seal is fresh (random nonce), so one human answer is one instance, whatever the question's text."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self._codec = AESGCMRequestStateCodec(keys)
+
+    def seal(self, payload: bytes) -> str:
+        return self._codec.seal(payload)
+
+    def unseal(self, token: str) -> bytes:
+        payload = self._codec.unseal(token)
+        _sealed_instance.set(hashlib.sha256(token.encode()).hexdigest())
+        return payload
+
+
+def elicitation_key(instance: str, caller: Caller) -> str:
+    """Identity of one human answer: the sealed state instance it rode on, for this caller."""
+    return hashlib.sha256(f"{caller.qualified}\x00{instance}".encode()).hexdigest()[:32]
+
+
+def _elicitation_key(ctx: Context, caller: Caller) -> str:
+    """On 2026-07-28 the answer rides the sealed request_state, which a client could resend: single use
+    binds to that sealed instance (and the caller), never to the question's text. Mid-call answers
+    (2025-11-25) are never resent, so a random key suffices."""
+    instance = _sealed_instance.get() if ctx.request_state else None
+    return elicitation_key(instance or secrets.token_hex(16), caller)
 
 
 def _bind_state_principal(rctx: Any) -> str | None:
@@ -154,7 +178,7 @@ def _make_tool(app: App, gate: Gate, spec: ToolSpec) -> Any:
 
         outcome = await gate.call(
             spec, caller, _raw_arguments(ctx, kwargs), can_elicit=_can_elicit(ctx), elicited=elicited,
-            progress=progress, elicitation_key=_elicitation_key(ctx) if elicited == "accept" else None,
+            progress=progress, elicitation_key=_elicitation_key(ctx, caller) if elicited == "accept" else None,
         )
         return to_result(outcome)
 
@@ -183,8 +207,9 @@ def build_server(
     server = MCPServer(
         name="fleet-mcp", title="fleet-mcp", version=__version__, instructions=INSTRUCTIONS,
         log_level=app.settings.log_level.upper(),  # type: ignore[arg-type]
-        request_state_security=RequestStateSecurity(keys=[os.urandom(32)], bind_principal=_bind_state_principal,
-                                                    ttl=600.0, audience="fleet-mcp"),
+        request_state_security=RequestStateSecurity(codec=_InstanceCodec(app.request_state_keys()),
+                                                    bind_principal=_bind_state_principal, ttl=600.0,
+                                                    audience="fleet-mcp"),
     )
     for spec in select(read_only_only=read_only, toolsets=toolsets):
         server.add_tool(_make_tool(app, gate, spec), name=spec.name, title=spec.title,

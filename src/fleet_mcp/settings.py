@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     port: int = 8765
     allowed_hosts: str = Field(default="", description="Extra Host header values accepted over HTTP (comma list).")
     allowed_origins: str = Field(default="", description="Origin header values accepted over HTTP (comma list).")
+    request_state_key_file: Path | None = Field(
+        default=None,
+        description="Keys sealing in-client approval state (protocol 2026-07-28), shared by every replica: one "
+        "base64 key (>= 32 bytes) per line, the first seals, every line unseals. Default: a key per process.",
+    )
 
     # Transit (pepper) backend.
     transit: Literal["local", "vault"] = "local"
@@ -69,9 +74,13 @@ class Settings(BaseSettings):
     cross_cert_days: int = Field(default=7, ge=1, le=90)
 
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
+    max_concurrent_calls: int = Field(default=256, ge=1, description="Calls one process runs at once; more are "
+                                      "refused as busy (retry after), never queued without limit.")
+    max_concurrent_calls_per_principal: int = Field(default=32, ge=1,
+                                                    description="Calls one principal may have in progress at once.")
     log_level: str = "INFO"
 
-    @field_validator("data_dir", "policy", "master_key_file", "vault_cacert", mode="after")
+    @field_validator("data_dir", "policy", "master_key_file", "vault_cacert", "request_state_key_file", mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None

@@ -147,3 +147,28 @@ async def test_elicited_approval_is_single_use(app) -> None:  # noqa: ANN001
                                        request_state=first.request_state)
         assert r2.is_error and "single-use" in r2.content[0].text
     assert await _count(app, Template) == 1
+
+
+async def test_identical_later_calls_are_asked_again_not_refused_as_replays(app) -> None:  # noqa: ANN001
+    """Single use binds to one sealed answer, not to the question's text: the same call made again later
+    (with a fresh question and a fresh answer) runs; resending an old answer is still refused (above)."""
+    server, _ = build_server(app)
+    _answer.asked.clear()
+    async with Client(server, elicitation_callback=_answer("accept")) as c:
+        for _ in range(3):
+            await _seed(c)
+            r = await c.call_tool("system_delete_template", {"name": "web"})
+            assert not r.is_error, r.content
+            assert await _count(app, Template) == 0
+    assert len(_answer.asked) == 3
+
+
+async def test_the_same_question_from_another_account_is_not_a_replay(app) -> None:  # noqa: ANN001
+    from fleet_mcp.approvals import elicited_id
+    from fleet_mcp.server import elicitation_key
+
+    alice = await make_caller(app, "acme", "alice", ("admin",))
+    gary = await make_caller(app, "globex", "gary", ("admin",))
+    # One sealed answer instance seen by two callers gives two different single-use keys.
+    assert elicited_id(elicitation_key("sealed-1", alice)) != elicited_id(elicitation_key("sealed-1", gary))
+    assert elicitation_key("sealed-1", alice) != elicitation_key("sealed-2", alice)

@@ -21,13 +21,14 @@ from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
 
 pytestmark = pytest.mark.anyio
 
-#: Deleting a module is queued, so the approval tools have a real request to work on; the rest runs.
+#: Deleting a module and issuing a node certificate are queued, so the approval tools have real requests
+#: to work on (one with a secret to collect); the rest runs.
 POLICY = """
 version: 1
 default: auto_approve
 rules:
   - name: queue-module-deletes
-    match: {tools: [system_delete_module]}
+    match: {tools: [system_delete_module, system_sdwan_issue_node_certificate]}
     decision: require_approval
     approval: {mode: queue, approvers: [admin], separation_of_duties: true}
 """
@@ -86,7 +87,10 @@ STEPS: list[Step] = [
     ("alice", "system_vault_verify_credentials", lambda s: {}),
     ("alice", "system_vault_finalize_pepper_rotation", lambda s: {}),
     ("alice", "system_vault_trim_pepper_key", lambda s: {}),
-    ("alice", "system_sdwan_issue_node_certificate", lambda s: {"node_name": "edge-1"}),
+    ("alice", "system_sdwan_issue_node_certificate", lambda s: {"node_name": "edge-1"}),  # queued
+    ("adam", "system_approvals_decide",
+     lambda s: {"approval_id": s["approval_id"], "decision": "approve", "reason": "fine"}),
+    ("alice", "system_approvals_collect_result", lambda s: {"approval_id": s["approval_id"]}),
     ("alice", "system_sdwan_get_trust_bundle", lambda s: {}),
     ("alice", "system_sdwan_propose_federation_peer", lambda s: {"remote_account": "globex"}),
     ("alice", "system_sdwan_regenerate_acceptance_token", lambda s: {"federation_peer_id": s["peer_id"]}),

@@ -6,6 +6,8 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_mcp.schema_marks import SECRET
+
 
 class CrossCertificateOut(BaseModel):
     signed_by: str = Field(description="Account whose root signed it (it sits in that account's bundle).")
@@ -45,13 +47,15 @@ class FederationPeerOut(BaseModel):
 
 class ProposalOut(BaseModel):
     federation_peer: FederationPeerOut
-    acceptance_token: str = Field(description="Shown once: hand it to the remote account out of band.")
+    acceptance_token: str = Field(description="Shown once: hand it to the remote account out of band.",
+                                  json_schema_extra=SECRET)
     acceptance_token_expires_at: dt.datetime
 
 
 class TokenOut(BaseModel):
     federation_peer_id: int
-    acceptance_token: str = Field(description="Shown once; the previous token no longer works.")
+    acceptance_token: str = Field(description="Shown once; the previous token no longer works.",
+                                  json_schema_extra=SECRET)
     acceptance_token_expires_at: dt.datetime
 
 
@@ -83,7 +87,8 @@ class NodeCertificateOut(BaseModel):
     not_after: dt.datetime
     dns_name: str
     private_key_pem: str | None = Field(
-        default=None, description="Only when the server generated the key; shown once, never stored."
+        default=None, description="Only when the server generated the key; shown once, never stored.",
+        json_schema_extra=SECRET,
     )
 
 

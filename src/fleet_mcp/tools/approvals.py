@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_mcp import approvals
 from fleet_mcp.context import ToolContext
-from fleet_mcp.registry import tool
+from fleet_mcp.registry import Args, tool
+from fleet_mcp.schema_marks import SECRET
 
 
 class ApprovalOut(BaseModel):
@@ -102,3 +103,26 @@ async def approvals_decide(ctx: ToolContext, args: DecideArgs) -> DecideOut:
 
         ctx.after_commit(execute)
     return out
+
+
+class CollectArgs(Args):
+    approval_id: str = Field(description="Approval request id (apr_…) of a request you made.", min_length=4,
+                             max_length=40)
+
+
+class CollectOut(BaseModel):
+    approval_id: str
+    tool: str
+    secrets: dict[str, Any] = Field(
+        description="The secret fields of the approved run's result (e.g. an acceptance token or a private key), "
+        "in the result's shape. Returned once; deleted as they are returned.", json_schema_extra=SECRET)
+
+
+@tool(name="system_approvals_collect_result", title="Collect the secrets of your approved request",
+      permission="system.approvals.read", toolset="approvals")
+async def approvals_collect_result(ctx: ToolContext, args: CollectArgs) -> CollectOut:
+    """Collect, once, the secrets an approved run of your own request produced (its stored result shows them
+    masked). Only the requester can collect them; the approver never sees them."""
+    req = await approvals.get(ctx.session, args.approval_id, ctx.principal.account_id)
+    secrets = await approvals.collect_result(ctx.session, ctx.app, args.approval_id, ctx.principal)
+    return CollectOut(approval_id=req.id, tool=req.tool, secrets=secrets)
