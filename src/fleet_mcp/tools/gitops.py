@@ -16,7 +16,7 @@ from pydantic import Field
 from fleet_mcp.context import ToolContext
 from fleet_mcp.errors import FleetError
 from fleet_mcp.gitops import service
-from fleet_mcp.gitops.credentials import store_resolver
+from fleet_mcp.gitops.credentials import CredentialSource, store_resolver
 from fleet_mcp.gitops.models import GitOpsProposal
 from fleet_mcp.gitops.options import CredentialResolver, GitOpsOptions
 from fleet_mcp.gitops.schemas import (
@@ -54,7 +54,7 @@ def _options(ctx: ToolContext) -> GitOpsOptions:
     return GitOpsOptions.from_settings(ctx.app.settings)
 
 
-def _credentials(ctx: ToolContext) -> Any:
+def _credentials(ctx: ToolContext) -> CredentialSource | None:
     """The vault credential store (metadata reads for register/update pairing checks), if configured."""
     if ctx.app.transit is None:
         return None
