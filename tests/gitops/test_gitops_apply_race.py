@@ -48,7 +48,7 @@ async def _sync(sessionmaker, account, fleet_repo, options) -> list[GitOpsPropos
         return await gitops.list_proposals(s, account_id=account.id, sync_run_id=run.id)
 
 
-@pytest.mark.parametrize("how", ["proposal", "sync_run"])
+@pytest.mark.parametrize("how", ["proposal", "sync_run", "reject"])
 async def test_concurrent_applies_of_one_proposal(sessionmaker, account, fleet_repo, options, how: str) -> None:  # noqa: ANN001
     proposals = await _sync(sessionmaker, account, fleet_repo, options)
     target = next(p for p in proposals if (p.kind, p.name) == ("template", "web"))
@@ -56,8 +56,11 @@ async def test_concurrent_applies_of_one_proposal(sessionmaker, account, fleet_r
     loser_waits = anyio.Event()
     outcomes: dict[str, object] = {}
 
-    async def apply(session):  # noqa: ANN001, ANN202
-        if how == "proposal":
+    async def apply(session, loser: bool = False):  # noqa: ANN001, ANN202
+        if how == "reject" and loser:  # a reviewer rejects while the apply is committing
+            return await gitops.reject_proposal(session, account_id=account.id, proposal_id=target.id,
+                                                reason="not wanted", decided_by="test")
+        if how in ("proposal", "reject"):
             return await gitops.apply_proposal(session, account_id=account.id, proposal_id=target.id,
                                                applied_by="test")
         return await gitops.apply_sync_run(session, account_id=account.id, sync_run_id=target.sync_run_id,
@@ -75,7 +78,7 @@ async def test_concurrent_applies_of_one_proposal(sessionmaker, account, fleet_r
             async with sessionmaker() as s, s.begin():
                 savepoint = await s.begin_nested()  # as the gate runs a handler
                 try:
-                    outcomes["loser"] = await apply(s)
+                    outcomes["loser"] = await apply(s, loser=True)
                 except Conflict as exc:
                     await savepoint.rollback()
                     outcomes["loser"] = exc
@@ -97,7 +100,7 @@ async def test_concurrent_applies_of_one_proposal(sessionmaker, account, fleet_r
     assert outcomes["winner"].applied is True
     lost = outcomes["loser"]
     assert isinstance(lost, Conflict), lost
-    assert "already applied" in str(lost)
+    assert ("is applied" if how == "reject" else "already applied") in str(lost)
     async with sessionmaker() as s:
         statuses = {p.id: p.status for p in await gitops.list_proposals(s, account_id=account.id)}
         assert statuses[target.id] == "applied"
@@ -105,5 +108,7 @@ async def test_concurrent_applies_of_one_proposal(sessionmaker, account, fleet_r
             assert set(statuses.values()) == {"applied"}
         assert (await s.execute(select(func.count()).select_from(Template))).scalar_one() == (
             2 if how == "sync_run" else 1)
+        if how == "reject":
+            assert (await gitops.get_proposal(s, account_id=account.id, proposal_id=target.id)).reason is None
         if how == "sync_run":
             assert (await s.execute(select(func.count()).select_from(Module))).scalar_one() == 2

@@ -418,7 +418,8 @@ async def reject_proposal(
         raise InvalidArgument("a reason is required to reject a proposal", hint="say why, for the audit trail")
     if len(reason) > MAX_REASON:
         raise InvalidArgument(f"the reason is longer than {MAX_REASON} characters")
-    p = await get_proposal(session, account_id=account_id, proposal_id=proposal_id)
+    # Locked like an apply: a reject racing an apply's commit waits and then sees it applied.
+    p = await get_proposal(session, account_id=account_id, proposal_id=proposal_id, for_update=True)
     if p.status not in ("pending", "stale"):
         raise Conflict(
             f"proposal {p.id} is {p.status}",
