@@ -16,6 +16,7 @@ from fleet_mcp.db.models import Module, Template
 from fleet_mcp.errors import Conflict
 from fleet_mcp.gitops import service as gitops
 from fleet_mcp.gitops.models import GitOpsProposal
+from tests.gitops.gitops_helpers import BASE_FLEET
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -48,19 +49,24 @@ async def _sync(sessionmaker, account, fleet_repo, options) -> list[GitOpsPropos
         return await gitops.list_proposals(s, account_id=account.id, sync_run_id=run.id)
 
 
-@pytest.mark.parametrize("how", ["proposal", "sync_run", "reject"])
+@pytest.mark.parametrize("how", ["proposal", "sync_run", "reject", "sync"])
 async def test_concurrent_applies_of_one_proposal(sessionmaker, account, fleet_repo, options, how: str) -> None:  # noqa: ANN001
     proposals = await _sync(sessionmaker, account, fleet_repo, options)
     target = next(p for p in proposals if (p.kind, p.name) == ("template", "web"))
+    if how == "sync":  # git now wants another description for web: a sync supersedes the pending proposal
+        fleet_repo.commit({"fleet.yaml": BASE_FLEET.replace("Web nodes", "Web tier")}, "describe web anew")
     applied = anyio.Event()
     loser_waits = anyio.Event()
     outcomes: dict[str, object] = {}
 
     async def apply(session, loser: bool = False):  # noqa: ANN001, ANN202
+        if how == "sync" and loser:  # a sync that would supersede the proposal runs while the apply commits
+            return await gitops.sync_repository(session, account_id=account.id, repository_id=target.repository_id,
+                                                options=options)
         if how == "reject" and loser:  # a reviewer rejects while the apply is committing
             return await gitops.reject_proposal(session, account_id=account.id, proposal_id=target.id,
                                                 reason="not wanted", decided_by="test")
-        if how in ("proposal", "reject"):
+        if how in ("proposal", "reject", "sync"):
             return await gitops.apply_proposal(session, account_id=account.id, proposal_id=target.id,
                                                applied_by="test")
         return await gitops.apply_sync_run(session, account_id=account.id, sync_run_id=target.sync_run_id,
@@ -99,6 +105,11 @@ async def test_concurrent_applies_of_one_proposal(sessionmaker, account, fleet_r
 
     assert outcomes["winner"].applied is True
     lost = outcomes["loser"]
+    if how == "sync":
+        assert lost.status == "success", lost.error
+        async with sessionmaker() as s:
+            assert (await gitops.get_proposal(s, account_id=account.id, proposal_id=target.id)).status == "applied"
+        return
     assert isinstance(lost, Conflict), lost
     assert ("is applied" if how == "reject" else "already applied") in str(lost)
     async with sessionmaker() as s:

@@ -371,10 +371,14 @@ async def _propose(
     now: dt.datetime,
 ) -> tuple[dict[str, int], list[int]]:
     """Open one proposal per change up to the cap; reuse identical pending ones; supersede outdated ones."""
+    # Locked (id order, like apply): a proposal an apply is committing right now is waited for and, once
+    # applied, no longer matches `pending` (PostgreSQL re-checks the filter), so it is never superseded.
     stmt = (
         select(GitOpsProposal)
         .where(GitOpsProposal.repository_id == repo.id, GitOpsProposal.status == "pending")
         .order_by(GitOpsProposal.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     pending: dict[tuple[str, str], list[GitOpsProposal]] = {}
     for p in (await session.execute(stmt)).scalars():
