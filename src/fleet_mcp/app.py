@@ -50,6 +50,9 @@ class App:
         self._gate: Gate | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._request_state_keys: list[bytes] | None = None
+        #: Set when `serve --federation-listen` runs this instance's federation endpoint (identity, URL).
+        self.federation_identity: Any = None
+        self.federation_endpoint: str | None = None
         #: Bounded concurrency per process and per principal (excess refused as busy).
         self.admission = Admission(per_process=settings.max_concurrent_calls,
                                    per_principal=settings.max_concurrent_calls_per_principal)
@@ -104,6 +107,8 @@ class App:
         s = self.settings
         url = s.effective_database_url
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
+        # Keyed argument digests (identity/audit helper): one key per deployment, before any call.
+        audit.set_digest_key(await anyio.to_thread.run_sync(audit.digest_key_for, s))
         self.engine = create_engine(url, write_lock=self.write_lock)
         self.sessionmaker = make_sessionmaker(self.engine)
         self._read_engine = create_engine(url, readonly=True)

@@ -375,3 +375,32 @@ def to_dict(req: ApprovalRequest) -> dict[str, Any]:
         "executed_at": req.executed_at.isoformat() if req.executed_at else None,
         "result": req.result,
     }
+
+
+async def cancel(session: AsyncSession, *, approval_id: str, caller: Caller, reason: str) -> ApprovalRequest:
+    """Withdraw a pending request: only its requester may, and nothing of it ever runs afterwards."""
+    req = await get(session, approval_id, caller.account_id, lock=True)
+    if req.requested_by != caller.qualified:
+        raise PermissionDenied(
+            f"{caller.qualified} did not request {approval_id}; only its requester ({req.requested_by}) can "
+            "withdraw it", hint="an approver rejects it with system_approvals_decide instead",
+            approval_id=approval_id)
+    status = shown_status(req)
+    if status != "pending":
+        raise Conflict(f"approval request {approval_id} is {status}; only pending requests can be withdrawn",
+                       approval_id=approval_id, status=status)
+    claimed = await session.execute(
+        update(ApprovalRequest).where(ApprovalRequest.id == req.id, ApprovalRequest.status == "pending")
+        .values(status="cancelled", decided_by=caller.qualified, reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        raise Conflict(f"approval request {approval_id} was decided concurrently", approval_id=approval_id)
+    await session.refresh(req)
+    req.decisions = [*req.decisions, {"by": caller.qualified, "decision": "cancel", "reason": reason,
+                                      "at": utcnow().isoformat()}]
+    if req.arguments_sealed:
+        await _discard_sealed(session, req.arguments_sealed)
+        req.arguments_sealed = ""
+    await session.flush()
+    return req

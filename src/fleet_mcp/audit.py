@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
+import os
 import re
+import secrets
+import stat
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
@@ -19,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
-from fleet_mcp.errors import ExternalError
+from fleet_mcp.errors import ExternalError, InvalidArgument, RateLimited
+from fleet_mcp.ratelimit import InvalidCallLimiter
 
 if TYPE_CHECKING:
     from fleet_mcp.db.uow import WriteLock
@@ -43,6 +51,15 @@ class AuditUnavailable(ExternalError):
     def __init__(self) -> None:
         super().__init__("the audit log could not be written, so the result is withheld",
                          hint="check the server's database and log, then retry the call")
+
+
+class TooManyInvalidCalls(RateLimited):
+    """A principal sent more invalid calls than its budget; the call was neither run nor recorded."""
+
+    def __init__(self, principal: str, retry_after: int) -> None:
+        super().__init__(f"too many invalid calls from {principal}, retry after {retry_after} s",
+                         hint="fix the arguments (see the tool's input schema) before calling again",
+                         retry_after_s=retry_after)
 
 
 def is_secret_key(key: str) -> bool:
@@ -84,11 +101,103 @@ def _reveal(value: Any) -> Any:
     return value
 
 
-def arguments_digest(arguments: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the exact arguments (secrets included, so a changed secret
-    changes the digest; the digest itself reveals nothing about a 256-bit-entropy secret, and only
-    a digest of the whole argument set is stored)."""
-    return hashlib.sha256(canonical_json(_reveal(arguments)).encode()).hexdigest()
+# -- keyed argument digests -----------------------------------------------------------------------
+#: The scheme of digests written since 0.2: HMAC-SHA256 under the server's digest key. Older rows hold a
+#: bare 64-hex unsalted SHA-256 (no prefix); they keep it, since the chain hash covers the stored string.
+DIGEST_SCHEME = "hmac-sha256:"
+DIGEST_KEY_BYTES = 32
+_digest_key: bytes | None = None
+
+
+def set_digest_key(key: bytes) -> None:
+    """Install the server's digest key (App.start does, before any call); every digest after it uses it."""
+    global _digest_key
+    if len(key) < 16:
+        raise ValueError("the audit digest key must be at least 16 bytes")
+    _digest_key = bytes(key)
+
+
+def _current_key() -> bytes:
+    global _digest_key
+    if _digest_key is None:
+        # Only code that never started an App (unit tests, scripts) gets here: a random per-process key keeps
+        # digests keyed; an approval it binds cannot be executed by another process (fails closed).
+        log.warning("no audit digest key installed; using a random key for this process only")
+        _digest_key = secrets.token_bytes(DIGEST_KEY_BYTES)
+    return _digest_key
+
+
+def digest_key_from_secret(secret: str) -> bytes:
+    """A digest key derived from a configured secret (FLEET_MCP_AUDIT_KEY), the same in every process."""
+    if len(secret) < 16:
+        raise ValueError("FLEET_MCP_AUDIT_KEY must be at least 16 characters")
+    return hmac.new(b"fleet-mcp audit digest key v1", secret.encode(), hashlib.sha256).digest()
+
+
+def load_or_create_digest_key(path: Path) -> bytes:
+    """Read the digest key file (base64 of 32 bytes), creating it with mode 0600 when missing; refuse a file
+    that group or others may read. Two processes creating it at once end up with the same key."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, base64.b64encode(secrets.token_bytes(DIGEST_KEY_BYTES)) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgument(f"audit key path {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise InvalidArgument(f"audit key file {path} is readable or writable by group or others "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"restrict it with: chmod 600 {path}")
+    try:
+        key = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != DIGEST_KEY_BYTES:
+        raise InvalidArgument(f"audit key file {path} does not hold a base64 32-byte key",
+                              hint="restore it from backup (see docs/security/identity-audit.md, key rotation)")
+    return key
+
+
+def digest_key_for(settings: Any) -> bytes:
+    """The digest key the settings name: FLEET_MCP_AUDIT_KEY when set, else the key file (created)."""
+    secret = getattr(settings, "audit_key", None)
+    if secret is not None:
+        return digest_key_from_secret(secret.get_secret_value())
+    path = getattr(settings, "audit_key_file", None) or Path(settings.data_dir) / "audit.key"
+    return load_or_create_digest_key(path)
+
+
+def arguments_digest(arguments: Mapping[str, Any], *, key: bytes | None = None) -> str:
+    """`hmac-sha256:<hex>`: HMAC-SHA256, under the server's digest key, of the canonical JSON of the exact
+    arguments (secrets included, so a changed secret changes the digest). Keyed, so whoever reads the
+    digest (viewers of the audit log or an approval request) cannot test guesses of a secret against it."""
+    mac = hmac.new(key or _current_key(), canonical_json(_reveal(arguments)).encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return DIGEST_SCHEME + mac.hexdigest()
+
+
+def digest_matches(arguments: Mapping[str, Any], stored: str, *, key: bytes | None = None) -> bool:
+    """Whether ARGUMENTS are those a stored digest binds, for either scheme (a digest written before keyed
+    digests is a bare unsalted SHA-256; it is only ever compared, never written again)."""
+    if stored.startswith(DIGEST_SCHEME):
+        return hmac.compare_digest(arguments_digest(arguments, key=key), stored)
+    legacy = hashlib.sha256(canonical_json(_reveal(arguments)).encode("utf-8", "surrogatepass")).hexdigest()
+    return hmac.compare_digest(legacy, stored)
+
+
+def short_digest(digest: str, n: int = 16) -> str:
+    """The first N hex characters of a digest, without its scheme (for prompts)."""
+    return digest.removeprefix(DIGEST_SCHEME)[:n]
 
 
 _HASHED = ("seq", "principal", "account", "tool", "args_digest", "arguments", "decision", "outcome", "detail",
@@ -114,6 +223,23 @@ async def ensure_head(session: AsyncSession | AsyncConnection) -> None:
     await session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing())
 
 
+#: The most a row stores of a call's (masked) arguments or detail; larger ones are kept as size and digest.
+MAX_STORED_BYTES = 16 * 1024
+
+
+def _bounded(value: dict[str, Any], what: str) -> dict[str, Any]:
+    """VALUE when its JSON fits in MAX_STORED_BYTES, else a small stand-in: its size, top-level keys (a few,
+    shortened) and the SHA-256 of its (already masked) JSON, so a caller cannot make one row arbitrarily big."""
+    text = canonical_json(value)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size <= MAX_STORED_BYTES:
+        return value
+    keys = [str(k)[:64] for k in list(value)[:20]]
+    return {"_omitted": f"{what} of {size} bytes exceed the {MAX_STORED_BYTES}-byte limit of an audit row",
+            "bytes": size, "keys": keys,
+            "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+
+
 def build_row(
     *,
     principal: str,
@@ -134,10 +260,10 @@ def build_row(
         "account": account,
         "tool": tool,
         "args_digest": arguments_digest(arguments),
-        "arguments": mask(dict(arguments)),
+        "arguments": _bounded(mask(dict(arguments)), "arguments"),
         "decision": decision,
         "outcome": outcome,
-        "detail": mask(dict(detail)) if detail else None,
+        "detail": _bounded(mask(dict(detail)), "detail") if detail else None,
         "approval_id": approval_id,
         "duration_ms": round(float(duration_ms), 3),
     }
@@ -178,18 +304,45 @@ class AuditWriter:
     callers' rows go into one transaction, and each caller returns only once its row is committed.
     A row, once handed over, is written even if its caller is cancelled."""
 
-    def __init__(self, engine: AsyncEngine, write_lock: WriteLock | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, write_lock: WriteLock | None = None,
+                 limiter: InvalidCallLimiter | None = None) -> None:
         self._engine = engine
         self._write_lock = write_lock
+        #: Invalid calls (decision "invalid") beyond this per-principal budget are refused with RateLimited
+        #: and not recorded one by one: the first refusal of a streak writes one summary row, and the next
+        #: recorded invalid call says how many were refused in between.
+        self.limiter = limiter if limiter is not None else InvalidCallLimiter()
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, **fields: Any) -> int:
         """Queue one row (keywords of `build_row`), wait until it is committed; returns its seq. Raises
-        AuditUnavailable when the database refused the batch."""
+        AuditUnavailable when the database refused the batch, TooManyInvalidCalls when an invalid call is
+        over its principal's budget (after writing the streak's one summary row)."""
+        if fields.get("decision") == "invalid":
+            fields = await self._limit_invalid(fields)
+        return await self._append_row(build_row(**fields))
+
+    async def _limit_invalid(self, fields: dict[str, Any]) -> dict[str, Any]:
+        principal = str(fields.get("principal", ""))
+        wait = self.limiter.check(principal)
+        if wait is None:
+            refused = self.limiter.take_refused(principal)
+            if refused:
+                fields = {**fields, "detail": {**(fields.get("detail") or {}), "refused_invalid_calls": refused}}
+            return fields
+        if wait.first:
+            await self._append_row(build_row(
+                principal=principal, account=fields.get("account", ""), tool=fields.get("tool", ""), arguments={},
+                decision="invalid", outcome="rate_limited",
+                detail={"reason": "too many invalid calls; further ones are refused and counted, not recorded",
+                        "retry_after_s": wait.seconds}))
+        raise TooManyInvalidCalls(principal, wait.seconds)
+
+    async def _append_row(self, row: dict[str, Any]) -> int:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((build_row(**fields), fut))
+        self._pending.append((row, fut))
         try:
             await self._turn(fut)
             # Usually done by now; else a flush that a cancelled leader left running holds the row.

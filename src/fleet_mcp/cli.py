@@ -26,6 +26,85 @@ def _configure_logging(settings: Settings, stderr_only: bool = True) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class DatabaseRefused(Exception):
+    """The configured database cannot be used as it is; the message is one paragraph for the operator."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _db_where(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = settings.effective_database_url
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001
+        return "the configured database"
+    if parsed.get_backend_name() == "sqlite":
+        return str(parsed.database)
+    return parsed.render_as_string(hide_password=True)
+
+
+def _refusal(settings: Settings, problem: str) -> str:
+    return (f"fleet-mcp cannot use the database {_db_where(settings)}: {problem}; nothing was changed. "
+            "Restore it from a backup (then run `fleet-mcp audit verify`), or point FLEET_MCP_DATABASE_URL or "
+            "FLEET_MCP_DATA_DIR elsewhere; to start over with an empty database, move this file away first.")
+
+
+def _check_database_file(settings: Settings) -> None:
+    """Refuse, before anything opens it, a SQLite file that is empty or not SQLite at all: SQLite would
+    silently turn an empty file into a new, empty database (and an empty audit log that verifies)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(settings.effective_database_url)
+    except Exception:  # noqa: BLE001 - reported when the engine is built
+        return
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database)
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DatabaseRefused(_refusal(settings, "it is not a regular file"))
+    with path.open("rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if not header:
+        raise DatabaseRefused(_refusal(settings, "the file is empty (0 bytes), so it was truncated or replaced and "
+                                       "its audit log is gone"))
+    if header != _SQLITE_HEADER:
+        raise DatabaseRefused(_refusal(settings, "the file is not a fleet-mcp database (it is not SQLite), or it "
+                                       "is corrupt"))
+
+
+def _database_error(settings: Settings, exc: BaseException) -> str | None:
+    """One paragraph for a database that fails while in use (corrupt pages, unreachable server), else None."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, BaseExceptionGroup):  # from a task group (serve)
+            for inner in cur.exceptions:
+                if (found := _database_error(settings, inner)) is not None:
+                    return found
+        if isinstance(cur, DBAPIError | sqlite3.DatabaseError):
+            orig = getattr(cur, "orig", None) or cur
+            reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            if isinstance(cur, DBAPIError) and cur.connection_invalidated:
+                return _refusal(settings, f"the connection failed ({reason})")
+            if "malformed" in reason or "not a database" in reason or "corrupt" in reason:
+                return _refusal(settings, f"it is corrupt or not a fleet-mcp database (SQLite: {reason})")
+            return _refusal(settings, f"the database refused a statement ({reason}); it may be corrupt or belong "
+                            "to another program")
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:
     return asyncio.run(coro_fn()) or 0  # type: ignore[arg-type]
 
@@ -33,6 +112,7 @@ def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:
 async def _with_app(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int:
     from fleet_mcp.app import App
 
+    _check_database_file(settings)
     app = App(settings)
     await app.start()
     try:
@@ -72,6 +152,7 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
     if toolsets and (unknown := toolsets - set(TOOLSETS)):
         print(f"unknown toolsets: {', '.join(sorted(unknown))}; known: {', '.join(TOOLSETS)}", file=sys.stderr)
         return 2
+    _check_database_file(settings)
     app = App(settings)
 
     async def main() -> None:
@@ -81,6 +162,12 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
         from fleet_mcp.policy.watcher import install_sighup_reload
 
         remove_sighup = install_sighup_reload(app.policy)
+        federation = None
+        if ns.federation_listen:
+            from fleet_mcp.federation import listener
+
+            fhost, _, fport = ns.federation_listen.rpartition(":")
+            federation = await listener.start(app, fhost.strip("[]") or "127.0.0.1", int(fport))
         try:
             if ns.transport == "http":
                 from fleet_mcp.http import serve_http
@@ -89,13 +176,31 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
                     await serve_http(app, host=ns.host or settings.host, port=ns.port or settings.port,
                                      read_only=ns.read_only, toolsets=toolsets, stateless=ns.stateless)
             else:
-                from fleet_mcp.server import build_server
+                from fleet_mcp.server import build_server, run_stdio
 
                 server, _ = build_server(app, read_only=ns.read_only, toolsets=toolsets)
                 async with run_scheduler(app, enabled=settings.scheduler):
-                    await server.run_stdio_async()
+                    await run_stdio(server)
         finally:
+            if federation is not None:
+                federation.close()
             remove_sighup()
+            await app.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_console(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp.app import App
+    from fleet_mcp.console.launch import run_console
+
+    app = App(settings)
+
+    async def main() -> None:
+        try:
+            await run_console(app, host=ns.host, port=ns.port or settings.port)
+        finally:
             await app.close()
 
     asyncio.run(main())
@@ -105,18 +210,35 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
 def cmd_db_upgrade(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp.db import migrate
 
+    _check_database_file(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     migrate.upgrade(settings.effective_database_url)
     print(f"database at head: {migrate.current_heads()[0]}")
     return 0
 
 
+def _actor(settings: Settings) -> Any:
+    """The local operator as the actor of an administrative change (its audit row's principal)."""
+    import getpass
+
+    from fleet_mcp.principals import Actor
+
+    try:
+        os_user: str | None = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        os_user = None
+    return Actor(qualified=f"{settings.account}/{settings.principal}", account=settings.account, via="cli",
+                 os_user=os_user)
+
+
 def cmd_account_create(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
-        async with app.sessionmaker() as session, session.begin():
-            acct = await principals.create_account(session, ns.name, ns.federation_domain)
+        async with app.unit_of_work() as uow:
+            session = uow.session
+            acct = await principals.create_account_audited(session, ns.name, ns.federation_domain,
+                                                           actor=_actor(settings))
         print(f"account {acct.name} created (federation domain {acct.federation_domain})")
         return 0
 
@@ -127,10 +249,10 @@ def cmd_token_create(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
-        async with app.sessionmaker() as session, session.begin():
-            await principals.ensure_account(session, ns.account)
+        async with app.unit_of_work() as uow:
+            session = uow.session
             token = await principals.create_token(session, account=ns.account, label=ns.name, roles=ns.role,
-                                                  principal=ns.principal,
+                                                  principal=ns.principal, actor=_actor(settings),
                                                   known_roles=app.policy.current.role_table())
         print(f"token {ns.name} for {ns.account}/{ns.principal or ns.name} with roles {', '.join(ns.role)}; "
               "it is shown once, store it now:", file=sys.stderr)
@@ -158,9 +280,42 @@ def cmd_token_revoke(settings: Settings, ns: argparse.Namespace) -> int:
     from fleet_mcp import principals
 
     async def go(app: Any) -> int:
-        async with app.sessionmaker() as session, session.begin():
-            await principals.revoke_token(session, ns.label)
+        async with app.unit_of_work() as uow:
+            session = uow.session
+            await principals.revoke_token(session, ns.label, actor=_actor(settings))
         print(f"token {ns.label} revoked")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_principal_set_roles(settings: Settings, ns: argparse.Namespace) -> int:
+    from fleet_mcp import principals
+
+    async def go(app: Any) -> int:
+        async with app.unit_of_work() as uow:
+            session = uow.session
+            before, after = await principals.set_principal_roles(
+                session, ns.principal, ns.role, known_roles=app.policy.current.role_table(), actor=_actor(settings))
+        print(f"principal {ns.principal}: roles {', '.join(before) or '(none)'} -> {', '.join(after)}; "
+              "its tokens carry at most these from their next request")
+        return 0
+
+    return _run(lambda: _with_app(settings, go))
+
+
+def cmd_principal_list(settings: Settings, ns: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from fleet_mcp.db.models import Account, Principal
+
+    async def go(app: Any) -> int:
+        async with app.sessionmaker() as session:
+            rows = (await session.execute(select(Account.name, Principal.name, Principal.roles, Principal.disabled)
+                                          .join(Account, Principal.account_id == Account.id)
+                                          .order_by(Account.name, Principal.name))).all()
+        for acct, name, roles, disabled in rows:
+            print(f"{acct}/{name}\t{','.join(roles) or '-'}" + ("\tdisabled" if disabled else ""))
         return 0
 
     return _run(lambda: _with_app(settings, go))
@@ -204,6 +359,10 @@ def cmd_approvals(settings: Settings, ns: argparse.Namespace) -> int:
             return _print_outcome(outcome)
         if ns.action == "show":
             return _print_outcome(await _call_tool(app, "system_approvals_get", {"approval_id": ns.id}))
+        if ns.action == "cancel":
+            reason = ns.reason or "withdrawn from the command line"
+            return _print_outcome(await _call_tool(app, "system_approvals_cancel",
+                                                   {"approval_id": ns.id, "reason": reason}))
         decision = "approve" if ns.action == "approve" else "reject"
         reason = ns.reason or f"{decision}d from the command line"
         return _print_outcome(await _call_tool(app, "system_approvals_decide",
@@ -301,7 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--read-only", action="store_true", help="serve only read-only tools")
     s.add_argument("--toolsets", default=None, help="comma list: fleet,gitops,federation,vault,approvals,audit")
     s.add_argument("--stateless", action="store_true", help="stateless HTTP (no elicitation; approvals queue)")
+    s.add_argument("--federation-listen", default=None, metavar="HOST:PORT",
+                   help="serve the federation endpoint (TLS, instance CA) for peers on other instances")
     s.set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("console", help="serve the operator console on loopback and print a one-time login link")
+    c.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=None, help="port (default 8765)")
+    c.set_defaults(fn=cmd_console)
 
     d = sub.add_parser("demo", help="run the main job end to end on embedded defaults in a temp data dir")
     d.add_argument("--keep", action="store_true", help="keep the temp data dir")
@@ -320,13 +486,22 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tok.add_parser("create", help="create a token (printed once, last line of stdout)")
     tc.add_argument("--account", required=True)
     tc.add_argument("--name", required=True, help="token label")
-    tc.add_argument("--role", action="append", required=True, help="role (repeatable)")
+    tc.add_argument("--role", action="append", required=True,
+                    help="role (repeatable); the token carries exactly these")
     tc.add_argument("--principal", default=None, help="principal name (default: the label)")
     tc.set_defaults(fn=cmd_token_create)
     tok.add_parser("list", help="list tokens (never the token)").set_defaults(fn=cmd_token_list)
     tr = tok.add_parser("revoke", help="revoke a token")
     tr.add_argument("label")
     tr.set_defaults(fn=cmd_token_revoke)
+
+    pr = sub.add_parser("principal", help="principals and their roles").add_subparsers(dest="pr_cmd",
+                                                                                       required=True)
+    ps = pr.add_parser("set-roles", help="set the roles of ACCOUNT/NAME (audited; limits its tokens at once)")
+    ps.add_argument("principal", help="ACCOUNT/NAME")
+    ps.add_argument("--role", action="append", required=True, help="role (repeatable); replaces the current roles")
+    ps.set_defaults(fn=cmd_principal_set_roles)
+    pr.add_parser("list", help="list principals and their roles").set_defaults(fn=cmd_principal_list)
 
     pol = sub.add_parser("policy", help="intervention policy").add_subparsers(dest="pol_cmd", required=True)
     pc = pol.add_parser("check", help="validate a policy file")
@@ -341,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap_sub = ap.add_subparsers(dest="action", required=True)
     al = ap_sub.add_parser("list")
     al.add_argument("--status", default=None)
-    for action in ("show", "approve", "reject"):
+    for action in ("show", "approve", "reject", "cancel"):
         a = ap_sub.add_parser(action)
         a.add_argument("id")
         if action != "show":
@@ -385,8 +560,18 @@ def main(argv: list[str] | None = None) -> int:
     except FleetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except DatabaseRefused as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _database_error(settings, exc)
+        if message is None:
+            raise
+        log.debug("database failure", exc_info=True)
+        print(message, file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from fleet_mcp.demo_federation import federation_section
 from fleet_mcp.demo_gitops import gitops_section
-from fleet_mcp.federation.demo import federation_section
 from fleet_mcp.vault.demo import vault_section
 
 SECTIONS: list[Callable[..., Awaitable[None]]] = [gitops_section, federation_section, vault_section]

@@ -113,4 +113,19 @@ def database_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def value_out_of_range(exc: BaseException) -> bool:
+    """Whether the database refused a value as out of range for its column (a 32-bit id, say)."""
+    from sqlalchemy.exc import DBAPIError
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OverflowError) or (isinstance(seen, DBAPIError) and "out of" in str(seen.orig)
+                                               and "range" in str(seen.orig)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 UNAVAILABLE_HINT = "retry in a few seconds; if it persists, check the database server"

@@ -23,6 +23,7 @@ from fleet_mcp.errors import (
     InvalidArgument,
     Unavailable,
     database_unreachable,
+    value_out_of_range,
 )
 from fleet_mcp.principals import Caller
 from fleet_mcp.registry import ToolSpec
@@ -171,6 +172,9 @@ class ApprovalSteps:
 def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
     """The result and audit outcome of a handler that raised: a domain error says what to do; anything
     else is a bug, reported by reference with details only in the log."""
+    if not isinstance(exc, FleetError) and value_out_of_range(exc):
+        exc = InvalidArgument("a number in the arguments is out of range for what it names (ids and counts are "
+                              "32-bit)", hint="check the ids: list them with the matching list tool")
     if not isinstance(exc, FleetError) and database_unreachable(exc):
         exc = Unavailable(f"the database could not be reached during {spec.name}; nothing was changed",
                           hint=UNAVAILABLE_HINT)
@@ -252,7 +256,7 @@ class Gate:
             f"Approve {spec.name} ({spec.title})?",
             f"Policy rule: {verdict.rule}.",
             f"Arguments: {json.dumps(masked, sort_keys=True, default=str)}",
-            f"Arguments digest: {audit.arguments_digest(args.model_dump(mode='python'))[:16]}",
+            f"Arguments digest: {audit.short_digest(audit.arguments_digest(args.model_dump(mode='python')))}",
         ]
         if summary:
             lines.append(f"Effect: {summary}")
@@ -538,7 +542,7 @@ class Gate:
             return CallOutcome(False, {"status": "error", "error": exc.to_dict()}, str(exc))
         reason = ""
         verdict = self.evaluate(spec, requester, args, can_elicit=False)
-        if audit.arguments_digest(args.model_dump(mode="python")) != req.args_digest:
+        if not audit.digest_matches(args.model_dump(mode="python"), req.args_digest):
             reason = "the stored arguments do not match the approved digest"
         elif verdict.action == "deny":
             reason = (f"the requester no longer has permission {verdict.permission}" if verdict.permission

@@ -1,8 +1,10 @@
-"""Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp and /healthz."""
+"""Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp, /healthz and the
+console at /ui/."""
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +21,22 @@ from fleet_mcp.principals import Caller, RevokedToken
 # Authenticated callers by token digest, refreshed by the middleware on every request (so a revoked
 # token stops at the next request); tools read the caller of their own request's header from here.
 _CALLERS: dict[str, Caller] = {}
+
+
+#: Which principal opened each HTTP session (by session id): a session is used by that principal only. The SDK
+#: checks only that a session id exists, so another principal's valid token could otherwise ride it (and
+#: receive what the server sends on it). Bounded: the oldest binding is forgotten first, and a session whose
+#: binding is gone is answered 404 like an unknown one (the client opens a new session).
+MAX_SESSIONS = 10_000
+_SESSIONS: OrderedDict[str, tuple[int, str]] = OrderedDict()
+
+
+def _bind_session(session_id: str, owner: tuple[int, str]) -> None:
+    if session_id in _SESSIONS:
+        return
+    _SESSIONS[session_id] = owner
+    while len(_SESSIONS) > MAX_SESSIONS:
+        _SESSIONS.popitem(last=False)
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
@@ -58,20 +76,47 @@ class BearerAuth:
                 async with self.fleet.read_sessionmaker() as session:
                     caller = await principals.authenticate(session, token)
                 _CALLERS[principals.token_digest(token)] = caller
-                await self.app(scope, receive, send)
+                owner = (caller.account_id, caller.name)
+                session_id = headers.get("mcp-session-id")
+                if session_id is not None and _SESSIONS.get(session_id) != owner:
+                    status, body = 404, {"error": "session_not_found",
+                                         "error_description": "no such session for this principal; start a new one"}
+                    await _respond(send, status, body, www_authenticate=False)
+                    return
+                await self.app(scope, receive, _recording_sessions(send, owner, session_id, scope.get("method")))
                 return
             except RevokedToken:
                 _CALLERS.pop(principals.token_digest(token), None)
                 status, body = 403, {"error": "forbidden", "error_description": "this bearer token was revoked"}
             except Unauthenticated:
                 body = {"error": "invalid_token", "error_description": "unknown bearer token"}
-        payload = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"),
-            (b"www-authenticate", f'Bearer error="{body["error"]}"'.encode()),
-            (b"content-length", str(len(payload)).encode()),
-        ]})
-        await send({"type": "http.response.body", "body": payload})
+        await _respond(send, status, body)
+
+
+def _recording_sessions(send: Send, owner: tuple[int, str], session_id: str | None, method: str | None) -> Send:
+    """`send`, noting the session a response opens (bound to OWNER) and forgetting one a DELETE closed."""
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            status = message.get("status", 500)
+            if session_id is None and status < 400:
+                for k, v in message.get("headers", []):
+                    if k.lower() == b"mcp-session-id":
+                        _bind_session(v.decode("latin-1"), owner)
+            elif session_id is not None and method == "DELETE" and status < 300:
+                _SESSIONS.pop(session_id, None)
+        await send(message)
+
+    return wrapped
+
+
+async def _respond(send: Send, status: int, body: dict[str, str], *, www_authenticate: bool = True) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if www_authenticate:
+        headers.append((b"www-authenticate", f'Bearer error="{body["error"]}"'.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def security_settings(fleet: App, host: str, port: int) -> TransportSecuritySettings:
@@ -112,7 +157,10 @@ def build_http_app(
         streamable_http_path="/mcp", stateless_http=stateless, json_response=json_response,
         transport_security=security_settings(fleet, host, port), host=host,
     )
-    return BearerAuth(mcp_app, fleet)
+    from fleet_mcp.console.app import WithConsole, build_console
+
+    hosts = set(security_settings(fleet, host, port).allowed_hosts)
+    return WithConsole(BearerAuth(mcp_app, fleet), build_console(fleet, _gate, hosts))
 
 
 async def serve_http(fleet: App, *, host: str, port: int, **kwargs: Any) -> None:

@@ -9,6 +9,7 @@ import logging
 import secrets
 from typing import Annotated, Any
 
+import anyio
 from mcp.server.mcpserver import (
     AcceptedElicitation,
     Context,
@@ -223,3 +224,120 @@ def build_server(
 
     register_resources(server, app, gate)
     return server, gate
+
+
+# -- stdio with request limits ------------------------------------------------------------------------------
+#: The largest JSON-RPC message accepted on stdin, as over HTTP (the SDK's request body limit, 4 MiB).
+MAX_STDIO_MESSAGE_BYTES = 4 * 1024 * 1024
+_DISCARD_CHUNK = 64 * 1024
+
+
+def _rpc_error(code: int, message: str, msg_id: Any = None) -> Any:
+    import mcp_types as types
+    from mcp.shared.message import SessionMessage
+
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=msg_id,
+                                             error=types.ErrorData(code=code, message=message)))
+
+
+class _BoundedStdin:
+    """The lines of stdin for the SDK's stdio transport, each at most `limit` bytes and each a well-formed
+    JSON-RPC message. A line that is too long is discarded as it streams in (never held whole) and answered
+    with -32600; a line that is not JSON (bad syntax, nesting deeper than the parser allows) with -32700;
+    JSON that is not a JSON-RPC message with -32600. The SDK would drop all of these without a reply."""
+
+    def __init__(self, raw: Any, limit: int = MAX_STDIO_MESSAGE_BYTES) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._ready = anyio.Event()
+        self._reply: Any = None
+
+    def attach(self, write_stream: Any) -> None:
+        """Where refusals go: the transport's own write stream, so they never interleave with replies."""
+        self._reply = write_stream
+        self._ready.set()
+
+    def __aiter__(self) -> _BoundedStdin:
+        return self
+
+    def _read_line(self) -> tuple[bytes, bool]:
+        """One line (without its size ever exceeding the limit in memory) and whether it was too long."""
+        line = self._raw.readline(self._limit + 1)
+        if len(line) <= self._limit or line.endswith(b"\n"):
+            return line, False
+        while True:  # discard the rest of the oversized line
+            chunk = self._raw.readline(_DISCARD_CHUNK)
+            if not chunk or chunk.endswith(b"\n"):
+                return b"", True
+
+    async def __anext__(self) -> str:
+        import mcp_types as types
+        from pydantic import ValidationError
+
+        while True:
+            raw, too_long = await anyio.to_thread.run_sync(self._read_line, abandon_on_cancel=True)
+            if too_long:
+                await self._refuse(-32600, f"message larger than {self._limit} bytes; nothing was read from it")
+                continue
+            if not raw:
+                raise StopAsyncIteration
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+            except ValidationError as exc:
+                if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False, include_input=False)):
+                    await self._refuse(-32700, "parse error: not valid JSON, or nested too deeply")
+                else:
+                    await self._refuse(-32600, "invalid request: not a JSON-RPC 2.0 message", _request_id(line))
+                continue
+            except Exception:  # noqa: BLE001 - whatever the parser raises, the client gets an answer
+                await self._refuse(-32700, "parse error")
+                continue
+            return line
+
+    async def _refuse(self, code: int, message: str, msg_id: Any = None) -> None:
+        log.warning("stdio: refused a message (%s)", message)
+        await self._ready.wait()
+        await self._reply.send(_rpc_error(code, message, msg_id))
+
+
+def _request_id(line: str) -> Any:
+    import json
+
+    try:
+        value = json.loads(line)
+    except Exception:  # noqa: BLE001
+        return None
+    msg_id = value.get("id") if isinstance(value, dict) else None
+    return msg_id if isinstance(msg_id, str | int) and not isinstance(msg_id, bool) else None
+
+
+def _claim_stdin() -> tuple[Any, Any]:
+    """stdin's binary stream, with fd 0 diverted to the null device while we serve (as the SDK does, so
+    child processes read EOF instead of stealing protocol bytes); returns (stream, restore)."""
+    import sys
+
+    try:
+        from mcp.server.stdio import _claim_fd, _open_stdin_diversion
+
+        return _claim_fd(0, sys.stdin, "rb", _open_stdin_diversion)
+    except ImportError:  # pragma: no cover - the SDK moved its helpers; serve fd 0 in place
+        return sys.stdin.buffer, None
+
+
+async def run_stdio(server: MCPServer, *, limit: int = MAX_STDIO_MESSAGE_BYTES) -> None:
+    """`server.run_stdio_async()` with request limits and an answer for every malformed line."""
+    from mcp.server.stdio import stdio_server
+
+    raw, restore = _claim_stdin()
+    stdin = _BoundedStdin(raw, limit)
+    try:
+        async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
+            stdin.attach(write_stream)
+            low = server._lowlevel_server
+            await low.run(read_stream, write_stream, low.create_initialization_options())
+    finally:
+        if restore is not None:
+            restore()

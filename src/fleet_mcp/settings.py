@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     principal: str = Field(default="local", description="Name of the stdio principal.")
     roles: str = Field(default="admin", description="Comma-separated roles of the stdio principal.")
 
+    # Keyed digests of call arguments (audit rows, approval bindings).
+    audit_key: SecretStr | None = Field(
+        default=None, description="Secret the audit digest key is derived from (same in every process); "
+        "default: the key file.")
+    audit_key_file: Path | None = Field(default=None, description="Audit digest key; default data_dir/audit.key "
+                                        "(created 0600 on first start).")
+
     # HTTP transport.
     host: str = "127.0.0.1"
     port: int = 8765
@@ -72,6 +79,12 @@ class Settings(BaseSettings):
     federation_token_ttl: int = Field(default=86_400, ge=60, le=7 * 86_400)
     node_cert_hours: int = Field(default=24, ge=1, le=24 * 30)
     cross_cert_days: int = Field(default=7, ge=1, le=90)
+    federation_advertise_url: str | None = Field(
+        default=None, description="URL peers dial for this instance's federation endpoint (default https://HOST:PORT)."
+    )
+    federation_refresh_seconds: int = Field(
+        default=300, ge=30, le=3600, description="Seconds between polls of remote instances' trust bundles."
+    )
 
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
     max_concurrent_calls: int = Field(default=256, ge=1, description="Calls one process runs at once; more are "
@@ -80,7 +93,8 @@ class Settings(BaseSettings):
                                                     description="Calls one principal may have in progress at once.")
     log_level: str = "INFO"
 
-    @field_validator("data_dir", "policy", "master_key_file", "vault_cacert", "request_state_key_file", mode="after")
+    @field_validator("data_dir", "policy", "master_key_file", "audit_key_file", "vault_cacert",
+                     "request_state_key_file", mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None

@@ -82,6 +82,11 @@ async def server(hostile_db: tuple[str, Path]) -> AsyncIterator[Server]:
                         principal="alice", roles="admin", policy=ALLOW_ALL)
     app = App(settings)
     await app.start(migrate_db=False)
+    # Thousands of invalid calls from one principal are the point here, not the invalid-call budget
+    # (tests/core/test_identity.py covers that).
+    from fleet_mcp.ratelimit import InvalidCallLimiter
+
+    app.audit_writer.limiter = InvalidCallLimiter(burst=10**9, per_second=10**9)
     try:
         async with Client(build_server(app)[0]) as client:
             yield Server(app, client)

@@ -40,6 +40,8 @@ async def bundle(uow, svc, account, crls=False):
 
 async def test_full_lifecycle_with_real_handshakes(uow, svc, account, other_account, sessionmaker):
     acme, globex = account, other_account
+    for acct in (acme, globex):  # reading a bundle never creates the CA
+        await uow(lambda s, acct=acct: svc.ensure_ca(s, acct.id))
     v0_a, v0_g = (
         (await bundle(uow, svc, acme)).bundle_version,
         (await bundle(uow, svc, globex)).bundle_version,
@@ -142,8 +144,8 @@ async def test_full_lifecycle_with_real_handshakes(uow, svc, account, other_acco
     assert not hs.ok and hs.federation_peer.status == "suspended"
     assert all(not d.ok and "certificate verify failed" in d.error for d in hs.directions)
 
-    # Resume: fresh cross certificates; handshake works again and the peer becomes active.
-    resumed = await uow(lambda s: svc.resume(s, account_id=acme.id, peer_id=peer_id, reason="done"))
+    # Resume (by the side that suspended): fresh cross certificates; handshake works again, peer active.
+    resumed = await uow(lambda s: svc.resume(s, account_id=globex.id, peer_id=peer_id, reason="done"))
     assert resumed.status == "accepted"
     current = {c.serial for c in resumed.cross_certificates if c.state == "current"}
     assert len(current) == 2 and not current & {c.serial for c in accepted.cross_certificates}

@@ -28,10 +28,12 @@ rules:
     match:
       tools: [system_sdwan_propose_federation_peer, system_sdwan_accept_federation_peer,
               system_sdwan_regenerate_acceptance_token, system_sdwan_suspend_federation_peer,
+              system_sdwan_accept_remote_federation_peer, system_sdwan_rotate_intermediate_ca,
               system_sdwan_resume_federation_peer, system_sdwan_revoke_federation_peer]
     decision: require_approval
   - name: routine-changes
-    match: {tools: [system_sdwan_verify_federation_handshake, system_sdwan_issue_node_certificate]}
+    match: {tools: [system_sdwan_verify_federation_handshake, system_sdwan_issue_node_certificate,
+                    system_sdwan_refresh_federation_peer]}
     decision: auto_approve
 """
 
@@ -57,6 +59,9 @@ EXPECTED = {
     "system_sdwan_federation_scan": ("sdwan.federation.read", True, False),
     "system_sdwan_issue_node_certificate": ("sdwan.federation.manage", False, False),
     "system_sdwan_get_trust_bundle": ("sdwan.federation.read", True, False),
+    "system_sdwan_accept_remote_federation_peer": ("sdwan.federation.manage", False, False),
+    "system_sdwan_refresh_federation_peer": ("sdwan.federation.manage", False, False),
+    "system_sdwan_rotate_intermediate_ca": ("sdwan.federation.manage", False, False),
 }
 
 
@@ -73,7 +78,9 @@ def test_contract_of_every_federation_tool() -> None:
         "remote_account",
         "remote_prefix_advertisement",
         "token_ttl_seconds",
+        "remote_federation_domain",
     }
+    assert props("system_sdwan_accept_remote_federation_peer") == {"peering_token"}
     assert props("system_sdwan_accept_federation_peer") == {"federation_peer_id", "acceptance_token"}
     assert props("system_sdwan_regenerate_acceptance_token") == {"federation_peer_id", "token_ttl_seconds"}
     assert props("system_sdwan_suspend_federation_peer") == {"federation_peer_id", "reason"}

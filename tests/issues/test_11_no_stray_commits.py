@@ -91,6 +91,8 @@ STEPS: list[Step] = [
     ("adam", "system_approvals_decide",
      lambda s: {"approval_id": s["approval_id"], "decision": "approve", "reason": "fine"}),
     ("alice", "system_approvals_collect_result", lambda s: {"approval_id": s["approval_id"]}),
+    ("alice", "system_sdwan_issue_node_certificate", lambda s: {"node_name": "edge-2"}),  # queued, then withdrawn
+    ("alice", "system_approvals_cancel", lambda s: {"approval_id": s["approval_id"], "reason": "not needed"}),
     ("alice", "system_sdwan_get_trust_bundle", lambda s: {}),
     ("alice", "system_sdwan_propose_federation_peer", lambda s: {"remote_account": "globex"}),
     ("alice", "system_sdwan_regenerate_acceptance_token", lambda s: {"federation_peer_id": s["peer_id"]}),
@@ -102,6 +104,9 @@ STEPS: list[Step] = [
     ("alice", "system_sdwan_suspend_federation_peer", lambda s: {"federation_peer_id": s["peer_id"], "reason": "t"}),
     ("alice", "system_sdwan_resume_federation_peer", lambda s: {"federation_peer_id": s["peer_id"], "reason": "t"}),
     ("alice", "system_sdwan_federation_scan", lambda s: {}),
+    ("alice", "system_sdwan_refresh_federation_peer", lambda s: {"federation_peer_id": s["peer_id"]}),
+    ("gary", "system_sdwan_accept_remote_federation_peer", lambda s: {"peering_token": "fmcp-peering-v1.e30"}),
+    ("alice", "system_sdwan_rotate_intermediate_ca", lambda s: {}),
     ("alice", "system_sdwan_revoke_federation_peer", lambda s: {"federation_peer_id": s["peer_id"], "reason": "t"}),
     ("alice", "system_audit_query", lambda s: {}),
     ("alice", "system_audit_verify", lambda s: {}),
@@ -110,7 +115,8 @@ STEPS: list[Step] = [
 
 
 #: Steps whose refusal is the point here (a finished job cannot resume): the refusal path is walked too.
-REFUSED = {"system_vault_resume_rotation_job"}
+REFUSED = {"system_vault_resume_rotation_job", "system_sdwan_refresh_federation_peer",
+           "system_sdwan_accept_remote_federation_peer"}
 
 
 def _remember(state: State, tool: str, data: dict[str, Any]) -> None:

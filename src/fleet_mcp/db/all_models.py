@@ -12,6 +12,7 @@ DOMAIN_MODEL_MODULES = (
     "fleet_mcp.gitops.models",
     "fleet_mcp.federation.models",
     "fleet_mcp.vault.models",
+    "fleet_mcp.console.models",
 )
 
 for _name in DOMAIN_MODEL_MODULES:

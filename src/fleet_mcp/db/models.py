@@ -30,6 +30,7 @@ class Principal(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(120))
+    #: The most a token of this principal can carry (changed only by audited admin actions).
     roles: Mapped[list[Any]] = mapped_column(default=list)
     disabled: Mapped[bool] = mapped_column(default=False)
 
@@ -44,6 +45,10 @@ class ApiToken(TimestampMixin, Base):
     label: Mapped[str] = mapped_column(String(120), unique=True)
     token_prefix: Mapped[str] = mapped_column(String(32))
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The roles this token was issued with; its caller gets these, and only those its principal still
+    #: holds (so lowering a principal's roles demotes every token at once, and a new role never reaches an
+    #: old token).
+    roles: Mapped[list[Any]] = mapped_column(default=list)
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
 
@@ -58,7 +63,7 @@ class AuditEntry(Base):
     principal: Mapped[str] = mapped_column(String(250))
     account: Mapped[str] = mapped_column(String(120))
     tool: Mapped[str] = mapped_column(String(120), index=True)
-    args_digest: Mapped[str] = mapped_column(String(64))
+    args_digest: Mapped[str] = mapped_column(String(100))
     arguments: Mapped[dict[str, Any]]
     decision: Mapped[str] = mapped_column(String(40))
     outcome: Mapped[str] = mapped_column(String(40))
@@ -140,7 +145,7 @@ class ApprovalRequest(TimestampMixin, Base):
     arguments_masked: Mapped[dict[str, Any]]
     #: Sealed (transit-encrypted) exact arguments, needed to execute on the requester's behalf.
     arguments_sealed: Mapped[str] = mapped_column(Text)
-    args_digest: Mapped[str] = mapped_column(String(64))
+    args_digest: Mapped[str] = mapped_column(String(100))
     requested_by: Mapped[str] = mapped_column(String(250))
     requester_roles: Mapped[list[Any]] = mapped_column(default=list)
     rule: Mapped[str] = mapped_column(String(120))

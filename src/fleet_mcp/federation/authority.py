@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp import events
 from fleet_mcp.db.base import utcnow
-from fleet_mcp.errors import InvalidArgument
+from fleet_mcp.errors import InvalidArgument, NotFound
 from fleet_mcp.federation import accounts, pki
 from fleet_mcp.federation.config import FederationConfig
 from fleet_mcp.federation.keys import KeySealer
@@ -24,6 +24,10 @@ from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, Is
 from fleet_mcp.federation.schemas import NodeCertificateOut, TrustBundleOut
 
 log = logging.getLogger(__name__)
+
+
+#: The key reference of a remote account's CA row: the certificates of another instance, no keys.
+REMOTE_KEY_REF = "remote:none"
 
 
 def _digest(text: str) -> str:
@@ -103,6 +107,71 @@ class Authorities:
     async def intermediate_key(self, session: AsyncSession, ca: CertificateAuthority) -> pki.CaPrivateKey:
         return pki.load_private_key(await self.sealer.unseal(session, ca.intermediate_key_ref))
 
+    async def rotate_intermediate(
+        self, session: AsyncSession, account_id: int, *, now: dt.datetime, correlation_id: str | None = None
+    ) -> CertificateAuthority:
+        """A new intermediate (new key, sealed) under the same root. The CRLs are re-signed with it and the
+        bundle sequence grows, so peers on other instances re-sign the new intermediate on their next poll;
+        peers on this instance are re-signed here (the old cross certificates are superseded)."""
+        ca = await self.get(session, account_id)
+        if ca is None or ca.root_key_ref == REMOTE_KEY_REF:
+            raise InvalidArgument(
+                "this account has no federation CA of its own to rotate",
+                hint="the CA is created by the first node certificate or an accepted peer",
+            )
+        acct = await accounts.by_id(session, account_id)
+        cert, key = pki.new_intermediate(pki.load_cert(ca.root_cert_pem), await self.root_key(session, ca), now=now)
+        ca.intermediate_key_ref = await self.sealer.seal(
+            session, account_id, pki.private_key_to_pem(key), label=f"federation intermediate CA key of {acct.name}"
+        )
+        ca.intermediate_cert_pem = pki.cert_to_pem(cert)
+        await self.rebuild_crls(session, ca, now=now)
+        # Cross certificates other local accounts' roots signed for the old intermediate are replaced.
+        old = (
+            (
+                await session.execute(
+                    select(IssuedCertificate)
+                    .join(FederationPeer, FederationPeer.id == IssuedCertificate.peer_id)
+                    .where(
+                        IssuedCertificate.kind == "cross",
+                        IssuedCertificate.subject_account_id == account_id,
+                        IssuedCertificate.revoked_at.is_(None),
+                        IssuedCertificate.superseded_at.is_(None),
+                        FederationPeer.status.in_([s.value for s in TRUSTED_STATUSES]),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for c in old:
+            signer = await self.get(session, c.account_id)
+            if signer is None or signer.root_key_ref == REMOTE_KEY_REF:
+                continue  # signed on another instance: it re-signs on its next poll
+            peer = await session.get(FederationPeer, c.peer_id)
+            assert peer is not None
+            new = await self.cross_sign(
+                session, signer_id=c.account_id, subject_id=account_id, peer=peer, now=now,
+                correlation_id=correlation_id,
+            )
+            c.superseded_at = now
+            if c.account_id == peer.local_account_id:
+                peer.local_cross_serial = new.serial
+            else:
+                peer.remote_cross_serial = new.serial
+            await session.flush()
+            await self.refresh_bundle(session, c.account_id)
+        ca.bundle_version += 1  # the bundle material (the intermediate) changed even if the bundle did not
+        await session.flush()
+        await events.emit(
+            session,
+            account_id=account_id,
+            kind="federation.intermediate_rotated",
+            payload={"serial": pki.serial_hex(cert.serial_number), "bundle_version": ca.bundle_version},
+            correlation_id=correlation_id,
+        )
+        return ca
+
     # -- CRLs ------------------------------------------------------------------------------------
 
     def _sign_crls(
@@ -142,7 +211,10 @@ class Authorities:
     async def rebuild_crls(
         self, session: AsyncSession, ca: CertificateAuthority, *, now: dt.datetime
     ) -> None:
-        """Re-sign both CRLs: revoked cross certificates on the root's, revoked nodes on the other."""
+        """Re-sign both CRLs: revoked cross certificates on the root's, revoked nodes on the other. A remote
+        account's CA (another instance's, no keys here) is left alone: its CRLs come with its bundle."""
+        if ca.root_key_ref == REMOTE_KEY_REF:
+            return
         rows = (
             await session.execute(
                 select(IssuedCertificate.kind, IssuedCertificate.serial, IssuedCertificate.revoked_at).where(
@@ -172,6 +244,8 @@ class Authorities:
         self, session: AsyncSession, ca: CertificateAuthority, now: dt.datetime
     ) -> bool:
         """Re-sign CRLs past half their life, so verifiers never meet an expired CRL."""
+        if ca.root_key_ref == REMOTE_KEY_REF:
+            return False
         if ca.crl_next_update is None or ca.crl_next_update - now <= self.config.crl_lifetime / 2:
             await self.rebuild_crls(session, ca, now=now)
             return True
@@ -337,9 +411,18 @@ class Authorities:
     async def trust_bundle(
         self, session: AsyncSession, *, account_id: int, include_crls: bool = False
     ) -> TrustBundleOut:
-        """What the account's nodes trust: its own root plus the cross certificates its own root signed."""
+        """What the account's nodes trust: its own root plus the cross certificates its own root signed.
+
+        A read: it never creates the CA (read-only tools run where writes fail), it says there is none."""
         acct = await accounts.by_id(session, account_id)
-        ca = await self.ensure(session, account_id)
+        ca = await self.get(session, account_id)
+        if ca is None:
+            raise NotFound(
+                f"account {acct.name!r} has no federation CA yet, so it has no trust bundle",
+                hint="the CA is created by the account's first node certificate "
+                "(system_sdwan_issue_node_certificate) or when a federation peer of the account is accepted",
+                account=acct.name,
+            )
         pem, cross = await self.bundle_pem(session, ca)
         crls = await self.crls_for(session, ca, cross) if include_crls else None
         return TrustBundleOut(

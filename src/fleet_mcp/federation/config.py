@@ -27,6 +27,8 @@ class FederationConfig:
     failure_window: dt.timedelta = dt.timedelta(minutes=15)
     lockout_for: dt.timedelta = dt.timedelta(minutes=15)
     handshake_timeout: float = 5.0
+    #: Seconds between polls of a remote instance's bundle (sent to peers as the refresh hint).
+    refresh_hint: int = 300
     #: Verify handshakes with the CRLs loaded (VERIFY_CRL_CHECK_CHAIN), not only the bundles.
     handshake_with_crls: bool = True
     scan: ScanThresholds = field(default_factory=ScanThresholds)
@@ -42,4 +44,5 @@ class FederationConfig:
             node_cert_lifetime=dt.timedelta(hours=settings.node_cert_hours),
             cross_cert_lifetime=dt.timedelta(days=settings.cross_cert_days),
             token_ttl_default=settings.federation_token_ttl,
+            refresh_hint=getattr(settings, "federation_refresh_seconds", 300),
         )

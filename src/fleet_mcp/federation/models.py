@@ -96,6 +96,10 @@ class FederationPeer(TimestampMixin, Base):
     last_handshake_error: Mapped[str | None] = mapped_column(Text)
     suspended_at: Mapped[dt.datetime | None]
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
+    #: Who holds a suspension on each side (the principal that suspended); only that side lifts it, and the
+    #: peer leaves `suspended` only when neither side holds one.
+    local_suspended_by: Mapped[str | None] = mapped_column(String(250))
+    remote_suspended_by: Mapped[str | None] = mapped_column(String(250))
     revoked_at: Mapped[dt.datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(500))
     revoked_by: Mapped[str | None] = mapped_column(String(250))
@@ -118,3 +122,46 @@ class FederationAcceptFailure(Base):
     peer_id: Mapped[int | None] = mapped_column(ForeignKey("federation_peers.id", ondelete="CASCADE"))
     reason: Mapped[str] = mapped_column(String(40))
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class FederationRemote(TimestampMixin, Base):
+    """The other instance of a federation peer between two fleet-mcp instances (docs/federation-protocol.md).
+
+    The other side's account is a *remote account* (`<account>@<instance id>`, no principals) whose CA row
+    holds the other side's root and intermediate without keys; this row holds the channel to its instance."""
+
+    __tablename__ = "federation_remotes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    peer_id: Mapped[int] = mapped_column(ForeignKey("federation_peers.id", ondelete="CASCADE"), unique=True)
+    #: proposer | acceptor: this instance's role in the establishment.
+    role: Mapped[str] = mapped_column(String(16))
+    #: The account of this instance (the other side of the peer is the remote account).
+    local_account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    remote_instance_id: Mapped[str | None] = mapped_column(String(64))
+    remote_account_name: Mapped[str | None] = mapped_column(String(120))
+    #: The domain the remote account must have (set when proposing; checked at establishment).
+    remote_domain: Mapped[str] = mapped_column(String(253))
+    remote_endpoint: Mapped[str | None] = mapped_column(String(500))
+    remote_peer_id: Mapped[int | None]
+    #: SHA-256 of the remote instance CA (the pin) and the CA itself, the only trust for its endpoint.
+    remote_ca_pin: Mapped[str | None] = mapped_column(String(64))
+    remote_instance_ca_pem: Mapped[str | None] = mapped_column(Text)
+    #: SHA-256 of the channel certificate this instance issued to the remote: how its calls are recognised.
+    inbound_channel_fp: Mapped[str | None] = mapped_column(String(64), unique=True)
+    #: The channel certificate the remote instance issued to us, and our sealed key for it.
+    outbound_channel_cert_pem: Mapped[str | None] = mapped_column(Text)
+    outbound_channel_key_ref: Mapped[str | None] = mapped_column(String(120))
+    #: proposer side: set when a remote claimed the secret and the confirm is still to come.
+    claimed_at: Mapped[dt.datetime | None]
+    bundle_sequence: Mapped[int] = mapped_column(default=0)
+    bundle_fetched_at: Mapped[dt.datetime | None]
+    refresh_hint: Mapped[int] = mapped_column(default=300)
+    #: What the other side last said about the peer, and the last channel failure (for the scan).
+    remote_status: Mapped[str | None] = mapped_column(String(16))
+    last_contact_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_error_kind: Mapped[str | None] = mapped_column(String(40))
+    #: A lifecycle action not yet delivered to the other side (it also learns it from its next poll).
+    pending_action: Mapped[str | None] = mapped_column(String(16))
+    pending_reason: Mapped[str | None] = mapped_column(String(500))

@@ -69,6 +69,17 @@ async def visible(session: AsyncSession, account_id: int, peer_id: int) -> Feder
     return peer
 
 
+def side_of(peer: FederationPeer, account_id: int) -> str:
+    """'local' (the proposing account) or 'remote' (the accepting one)."""
+    return "local" if account_id == peer.local_account_id else "remote"
+
+
+def suspension_holders(peer: FederationPeer) -> list[tuple[int, str]]:
+    """(account id, principal) of each side that holds a suspension, proposing side first."""
+    held = [(peer.local_account_id, peer.local_suspended_by), (peer.remote_account_id, peer.remote_suspended_by)]
+    return [(a, by) for a, by in held if by is not None]
+
+
 def _cert_state(c: IssuedCertificate, now: dt.datetime) -> str:
     if c.revoked_at:
         return "revoked"
@@ -130,6 +141,7 @@ async def to_out(
         locked_until=peer.locked_until,
         suspended_at=peer.suspended_at,
         suspended_reason=peer.suspended_reason,
+        suspended_by=[names[a] for a, by in suspension_holders(peer)],
         revoked_at=peer.revoked_at,
         revoked_reason=peer.revoked_reason,
         cross_certificates=await cross_certificates(session, peer, now=now, names=names),

@@ -128,6 +128,35 @@ def create_account_ca(
     )
 
 
+def new_intermediate(
+    root_cert: x509.Certificate,
+    root_key: CaPrivateKey,
+    *,
+    now: dt.datetime | None = None,
+    lifetime: dt.timedelta = INTERMEDIATE_LIFETIME,
+) -> tuple[x509.Certificate, CaPrivateKey]:
+    """A fresh intermediate (new key, same subject) under an existing root: an intermediate rotation."""
+    start = _now(now) - BACKDATE
+    key = generate_key()
+    root_cn = root_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    account_name = str(root_cn).removeprefix("fleet-mcp account ")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_ca_name(account_name, "intermediate"))
+        .issuer_name(root_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_ski(key.public_key()), critical=False)
+        .add_extension(_aki_from(root_cert), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    return cert, key
+
+
 # --- node certificates -------------------------------------------------------------------------
 
 

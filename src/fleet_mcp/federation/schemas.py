@@ -40,6 +40,10 @@ class FederationPeerOut(BaseModel):
     locked_until: dt.datetime | None = None
     suspended_at: dt.datetime | None = None
     suspended_reason: str | None = None
+    suspended_by: list[str] = Field(
+        default_factory=list,
+        description="Accounts holding a suspension; each lifts only its own, and the peer resumes when none is left.",
+    )
     revoked_at: dt.datetime | None = None
     revoked_reason: str | None = None
     cross_certificates: list[CrossCertificateOut] = Field(default_factory=list)
@@ -50,6 +54,12 @@ class ProposalOut(BaseModel):
     acceptance_token: str = Field(description="Shown once: hand it to the remote account out of band.",
                                   json_schema_extra=SECRET)
     acceptance_token_expires_at: dt.datetime
+    peering_token: str | None = Field(
+        default=None,
+        description="Only for a remote account on another instance: shown once, pasted into "
+        "system_sdwan_accept_remote_federation_peer there (endpoint, pinned CA, one-time secret, expiry).",
+        json_schema_extra=SECRET,
+    )
 
 
 class TokenOut(BaseModel):
@@ -57,6 +67,10 @@ class TokenOut(BaseModel):
     acceptance_token: str = Field(description="Shown once; the previous token no longer works.",
                                   json_schema_extra=SECRET)
     acceptance_token_expires_at: dt.datetime
+    peering_token: str | None = Field(
+        default=None, description="For a proposal to another instance: the new peering token (shown once).",
+        json_schema_extra=SECRET,
+    )
 
 
 class AcceptOut(BaseModel):

@@ -4,23 +4,29 @@ which it flushes but never commits."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import Account
-from fleet_mcp.errors import Conflict, InvalidArgument
-from fleet_mcp.federation import accounts, governance, peers, tokens
+from fleet_mcp.errors import Conflict, ExternalError, InvalidArgument
+from fleet_mcp.federation import accounts, governance, handshake, peers, tokens, wire
+from fleet_mcp.federation import remote as remote_mod
 from fleet_mcp.federation.accept import Acceptance, keep_changes
 from fleet_mcp.federation.authority import Authorities
 from fleet_mcp.federation.config import FederationConfig
+from fleet_mcp.federation.instance import InstanceIdentity, instance_name
 from fleet_mcp.federation.keys import KeySealer
 from fleet_mcp.federation.lifecycle import TRUSTED_STATUSES, PeerStatus, check_action
-from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, IssuedCertificate
+from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, FederationRemote, IssuedCertificate
+from fleet_mcp.federation.remote import RemoteFederation
 from fleet_mcp.federation.schemas import (
     AcceptOut,
+    DirectionOut,
     FederationPeerOut,
     HandshakeOut,
     NodeCertificateOut,
@@ -33,15 +39,26 @@ from fleet_mcp.federation.verification import HandshakeVerifier
 
 __all__ = ["FederationConfig", "FederationService", "keep_changes"]
 
+REMOTE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
 
 class FederationService:
     """Stateless apart from its configuration and key sealer."""
 
-    def __init__(self, sealer: KeySealer, config: FederationConfig | None = None) -> None:
+    def __init__(
+        self,
+        sealer: KeySealer,
+        config: FederationConfig | None = None,
+        *,
+        identity: Callable[[], InstanceIdentity | None] | None = None,
+        endpoint: str | None = None,
+    ) -> None:
         self.config = config or FederationConfig()
         self.authorities = Authorities(sealer, self.config)
         self.acceptance = Acceptance(self.authorities, self.config)
         self.verifier = HandshakeVerifier(self.authorities, self.config)
+        #: Federation with peers on other instances (docs/federation-protocol.md).
+        self.remote = RemoteFederation(self.authorities, self.config, identity or (lambda: None), endpoint)
 
     # -- certificates and bundles ----------------------------------------------------------------
 
@@ -73,6 +90,14 @@ class FederationService:
         self, session: AsyncSession, *, account_id: int, include_crls: bool = False
     ) -> TrustBundleOut:
         return await self.authorities.trust_bundle(session, account_id=account_id, include_crls=include_crls)
+
+    async def rotate_intermediate(
+        self, session: AsyncSession, *, account_id: int, now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> TrustBundleOut:
+        now = now or utcnow()
+        await self.authorities.rotate_intermediate(session, account_id, now=now, correlation_id=correlation_id)
+        return await self.authorities.trust_bundle(session, account_id=account_id)
 
     # -- reading peers ---------------------------------------------------------------------------
 
@@ -115,15 +140,37 @@ class FederationService:
         remote_account: str,
         remote_prefix_advertisement: str | Sequence[str] | None = None,
         token_ttl_seconds: int | None = None,
+        remote_federation_domain: str | None = None,
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
     ) -> ProposalOut:
-        """Propose federating with `remote_account` (a name); the token is returned here and never again."""
+        """Propose federating with `remote_account` (a name); the token is returned here and never again.
+
+        With `remote_federation_domain` the remote account lives on another instance: the result also holds
+        a peering token (endpoint, pin, one-time secret) for its operators to accept there."""
         now = now or utcnow()
         ttl = self._ttl(token_ttl_seconds)
         local = await accounts.by_id(session, account_id)
-        remote = await accounts.by_name(session, remote_account)
+        issued = tokens.new_token()
+        if remote_federation_domain is not None:
+            self.remote.identity()  # refuse early when this instance has no federation endpoint
+            if not REMOTE_NAME_RE.match(remote_account):
+                raise InvalidArgument(
+                    f"{remote_account!r} is not an account name",
+                    hint="use the remote account's name: 1-63 lowercase letters, digits, '.', '_' or '-'",
+                )
+            domain = accounts.normalize_domain(remote_federation_domain)
+            if accounts.domains_nest(accounts.federation_domain(local), domain):
+                raise InvalidArgument(
+                    f"federation domains {accounts.federation_domain(local)!r} and {domain!r} overlap",
+                    hint="name constraints cannot separate nested domains; each account needs its own",
+                )
+            remote = await self.remote.remote_account(
+                session, name=f"{remote_account}@pending-{issued.public_id.lower()}", domain=domain
+            )
+        else:
+            remote = await accounts.by_name(session, remote_account)
         if remote.id == local.id:
             raise InvalidArgument(
                 "an account cannot federate with itself",
@@ -158,7 +205,6 @@ class FederationService:
                 federation_peer_id=existing.id,
                 status=existing.status,
             )
-        issued = tokens.new_token()
         peer = FederationPeer(
             local_account_id=local.id,
             remote_account_id=remote.id,
@@ -184,10 +230,20 @@ class FederationService:
                 "token_expires_at": (now + ttl).isoformat(),
             },
         )
+        peering_token = None
+        if remote_federation_domain is not None:
+            link = FederationRemote(
+                peer_id=peer.id, role="proposer", local_account_id=local.id,
+                remote_domain=remote.federation_domain or "", remote_account_name=remote_account,
+            )
+            session.add(link)
+            await session.flush()
+            peering_token = self.remote.peering_token(peer, local, link, issued.token)
         return ProposalOut(
             federation_peer=await peers.to_out(session, peer, now=now),
             acceptance_token=issued.token,
             acceptance_token_expires_at=now + ttl,
+            peering_token=peering_token,
         )
 
     async def regenerate_token(
@@ -221,6 +277,9 @@ class FederationService:
         peer.token_id, peer.token_digest = issued.public_id, issued.digest
         peer.token_issued_at, peer.token_expires_at = now, now + ttl
         peer.failed_attempts, peer.locked_until = 0, None
+        link = await self.remote.remote_of(session, peer.id)
+        if link is not None:  # a claim that was never confirmed is discarded with the old secret
+            link.claimed_at, link.inbound_channel_fp = None, None
         await session.flush()
         await peers.emit_both(
             session,
@@ -230,7 +289,14 @@ class FederationService:
             payload={"token_expires_at": (now + ttl).isoformat()},
         )
         return TokenOut(
-            federation_peer_id=peer.id, acceptance_token=issued.token, acceptance_token_expires_at=now + ttl
+            federation_peer_id=peer.id,
+            acceptance_token=issued.token,
+            acceptance_token_expires_at=now + ttl,
+            peering_token=(
+                self.remote.peering_token(peer, await accounts.by_id(session, account_id), link, issued.token)
+                if link is not None
+                else None
+            ),
         )
 
     async def accept(
@@ -267,22 +333,44 @@ class FederationService:
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
+        from_remote: bool = False,
     ) -> FederationPeerOut:
-        """Keep the peer but withdraw trust exactly as a revocation does (cross certificates revoked)."""
+        """Keep the peer but withdraw trust exactly as a revocation does (cross certificates revoked).
+
+        The suspension belongs to the caller's side: only that side lifts it. A side may add its own
+        suspension to a peer the other side already suspended (then both must resume)."""
         now = now or utcnow()
         reason = peers.check_reason(reason)
         peer = await peers.visible(session, account_id, peer_id)
-        peer.status = check_action(peer.status, "suspend", peer_id=peer.id)
+        side = peers.side_of(peer, account_id)
+        holder = actor or f"account {(await accounts.by_id(session, account_id)).name}"
+        if peer.status == PeerStatus.SUSPENDED.value:
+            if getattr(peer, f"{side}_suspended_by") is not None:
+                raise Conflict(
+                    f"federation peer {peer.id} is already suspended by this account",
+                    hint="resume it with system_sdwan_resume_federation_peer, or revoke it",
+                    federation_peer_id=peer.id,
+                    status=peer.status,
+                )
+            serials: list[str] = []  # trust is already withdrawn; this side only adds its own hold
+        else:
+            peer.status = check_action(peer.status, "suspend", peer_id=peer.id)
+            serials = await self.authorities.withdraw_trust(
+                session, peer, reason=f"suspended: {reason}", now=now
+            )
+        setattr(peer, f"{side}_suspended_by", holder[:250])
         peer.suspended_at, peer.suspended_reason = now, reason
-        serials = await self.authorities.withdraw_trust(session, peer, reason=f"suspended: {reason}", now=now)
+        await session.flush()
         await peers.emit_both(
             session,
             peer,
             "federation.peer_suspended",
             severity="medium",
-            payload={"reason": reason, "by": actor, "revoked_serials": serials},
+            payload={"reason": reason, "by": actor, "side": side, "revoked_serials": serials},
             correlation_id=correlation_id,
         )
+        if not from_remote:
+            await self.push_lifecycle(session, peer, 'suspend', reason, now=now)
         return await peers.to_out(session, peer, now=now)
 
     async def resume(
@@ -295,23 +383,56 @@ class FederationService:
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
+        from_remote: bool = False,
     ) -> FederationPeerOut:
-        """Back to `accepted` with fresh cross certificates; a verified handshake makes it active again."""
+        """Lift the caller's side's suspension. Only when no side holds one any more does the peer go back
+        to `accepted` with fresh cross certificates (a verified handshake makes it active again); a side
+        that did not suspend cannot lift the other side's suspension."""
         now = now or utcnow()
         reason = peers.check_reason(reason)
         peer = await peers.visible(session, account_id, peer_id)
-        peer.status = check_action(peer.status, "resume", peer_id=peer.id)
-        peer.trusted_since = now
-        peer.suspended_at = peer.suspended_reason = None
+        check_action(peer.status, "resume", peer_id=peer.id)
+        side = peers.side_of(peer, account_id)
+        if getattr(peer, f"{side}_suspended_by") is None:
+            names = await accounts.names(session, [a for a, _ in peers.suspension_holders(peer)])
+            by = ", ".join(names.values()) or "the other account"
+            raise Conflict(
+                f"federation peer {peer.id} was suspended by {by}, not by this account; only the side that "
+                "suspended it can resume it",
+                hint=f"ask {by}'s operators to resume it, or revoke the peer",
+                federation_peer_id=peer.id,
+                status=peer.status,
+                suspended_by=list(names.values()),
+            )
+        setattr(peer, f"{side}_suspended_by", None)
+        still_held = peers.suspension_holders(peer)
+        cross: list[IssuedCertificate] = []
+        if not still_held:
+            peer.status = check_action(peer.status, "resume", peer_id=peer.id)
+            peer.trusted_since = now
+            peer.suspended_at = peer.suspended_reason = None
+            await session.flush()
+            link = await self.remote.remote_of(session, peer.id)
+            if link is None:
+                cross = await self.authorities.cross_sign_pair(session, peer, now=now, correlation_id=correlation_id)
+            else:  # each instance signs only with its own root
+                await self.remote.cross_sign_local(session, peer, link, now=now)
         await session.flush()
-        cross = await self.authorities.cross_sign_pair(session, peer, now=now, correlation_id=correlation_id)
         await peers.emit_both(
             session,
             peer,
-            "federation.peer_resumed",
+            "federation.peer_resumed" if not still_held else "federation.peer_suspension_lifted",
             correlation_id=correlation_id,
-            payload={"reason": reason, "by": actor, "cross_serials": [c.serial for c in cross]},
+            payload={
+                "reason": reason,
+                "by": actor,
+                "side": side,
+                "still_suspended_by": [a for a, _ in still_held],
+                "cross_serials": [c.serial for c in cross],
+            },
         )
+        if not from_remote:
+            await self.push_lifecycle(session, peer, 'resume', reason, now=now)
         return await peers.to_out(session, peer, now=now)
 
     async def revoke(
@@ -324,6 +445,7 @@ class FederationService:
         actor: str | None = None,
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
+        from_remote: bool = False,
     ) -> FederationPeerOut:
         """Terminal, from either side: cross certs leave both bundles and go on the signing roots' CRLs."""
         now = now or utcnow()
@@ -341,6 +463,8 @@ class FederationService:
             payload={"reason": reason, "by": actor, "revoked_serials": serials},
             correlation_id=correlation_id,
         )
+        if not from_remote:
+            await self.push_lifecycle(session, peer, 'revoke', reason, now=now)
         return await peers.to_out(session, peer, now=now)
 
     async def verify_handshake(
@@ -352,9 +476,289 @@ class FederationService:
         now: dt.datetime | None = None,
         correlation_id: str | None = None,
     ) -> HandshakeOut:
+        if await self.remote.remote_of(session, peer_id) is not None:
+            return await self.verify_remote_handshake(
+                session, account_id=account_id, peer_id=peer_id, now=now, correlation_id=correlation_id
+            )
         return await self.verifier.verify(
             session, account_id=account_id, peer_id=peer_id, now=now, correlation_id=correlation_id
         )
+
+    # -- federation with other instances: lifecycle push and pull, bundle refresh ---------------------
+
+    async def accept_remote(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peering_token: str,
+        actor: str | None = None,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> AcceptOut:
+        """Accept a proposal made on another instance: dial, check the pin, establish, confirm."""
+        return await self.remote.accept(
+            session,
+            account_id=account_id,
+            peering_token=peering_token,
+            actor=actor,
+            now=now,
+            correlation_id=correlation_id,
+        )
+
+    async def _channel_call(
+        self, session: AsyncSession, link: FederationRemote, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]]:
+        assert link.remote_endpoint and link.remote_instance_id
+        return await wire.call(
+            link.remote_endpoint,
+            method,
+            f"{remote_mod.API}/peers/{link.remote_peer_id}/{path}",
+            body,
+            ctx=await self.remote.channel_context(session, link),
+            server_hostname=instance_name(link.remote_instance_id),
+        )
+
+    async def push_lifecycle(
+        self, session: AsyncSession, peer: FederationPeer, action: str, reason: str, *, now: dt.datetime
+    ) -> None:
+        """Tell the other instance (if the peer has one); when that fails the action waits on the link and
+        the other side also learns it from its next bundle poll."""
+        link = await self.remote.remote_of(session, peer.id)
+        if link is None or link.remote_peer_id is None or link.outbound_channel_cert_pem is None:
+            return
+        try:
+            status, answer = await self._channel_call(
+                session, link, "POST", "lifecycle", {"action": action, "reason": reason}
+            )
+        except ExternalError as exc:
+            status, answer = 0, {"error": {"code": "unreachable", "message": exc.message}}
+        if status == 200:
+            link.pending_action = link.pending_reason = None
+            link.remote_status, link.last_contact_at = str(answer.get("status", ""))[:16] or None, now
+            link.last_error = link.last_error_kind = None
+        else:
+            link.pending_action, link.pending_reason = action, reason[:500]
+            err = answer.get("error") or {}
+            link.last_error = str(err.get("message", f"status {status}"))[:500]
+            link.last_error_kind = "unreachable" if status == 0 else "refused"
+        await session.flush()
+
+    def _other_side(self, peer: FederationPeer, link: FederationRemote) -> tuple[int, str]:
+        """The remote account's id and its side ('local' = proposer, 'remote' = acceptor) of the peer."""
+        if peer.local_account_id == link.local_account_id:
+            return peer.remote_account_id, "remote"
+        return peer.local_account_id, "local"
+
+    async def receive_lifecycle(
+        self, session: AsyncSession, peer: FederationPeer, link: FederationRemote, body: dict[str, Any], *,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Apply what the other instance did, as its side: its suspension is its own hold (only it lifts it),
+        its revoke is terminal. Nothing here signs on its behalf."""
+        action, reason = body.get("action"), body.get("reason")
+        if action not in ("suspend", "resume", "revoke") or not isinstance(reason, str) or not reason.strip():
+            raise InvalidArgument("lifecycle needs action suspend|resume|revoke and a reason")
+        link.last_contact_at = now
+        await self._apply_remote(session, peer, link, action, f"{reason.strip()[:400]} (from the other instance)", now)
+        return {"status": peer.status}
+
+    async def _apply_remote(
+        self, session: AsyncSession, peer: FederationPeer, link: FederationRemote, action: str, reason: str,
+        now: dt.datetime,
+    ) -> None:
+        if peer.status == PeerStatus.REVOKED.value:
+            return
+        other_id, other_side = self._other_side(peer, link)
+        holds = getattr(peer, f"{other_side}_suspended_by") is not None
+        actor = f"{link.remote_account_name}@{link.remote_instance_id}"
+        kw: dict[str, Any] = {"account_id": other_id, "peer_id": peer.id, "reason": reason, "actor": actor,
+                              "now": now, "from_remote": True}
+        if action == "revoke":
+            await self.revoke(session, **kw)
+            link.remote_status = PeerStatus.REVOKED.value
+        elif action == "suspend" and not holds and peer.status != PeerStatus.PROPOSED.value:
+            await self.suspend(session, **kw)
+        elif action == "resume" and holds:
+            await self.resume(session, **kw)
+
+    async def refresh_remote(
+        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None, now: dt.datetime | None = None
+    ) -> str:
+        """Poll the other instance's bundle for one peer (and deliver a pending lifecycle action first).
+        Returns what happened: ok | unreachable | refused | wrong_trust_domain | sequence_backwards |
+        malformed | revoked | not_remote."""
+        now = now or utcnow()
+        peer = (
+            await peers.visible(session, account_id, peer_id)
+            if account_id is not None
+            else await session.get(FederationPeer, peer_id)
+        )
+        link = await self.remote.remote_of(session, peer_id) if peer is not None else None
+        if peer is None or link is None or link.remote_peer_id is None or link.outbound_channel_cert_pem is None:
+            if account_id is not None:
+                raise Conflict(
+                    f"federation peer {peer_id} is not an established peer on another instance",
+                    hint="only peers accepted across instances have a bundle to refresh",
+                    federation_peer_id=peer_id,
+                )
+            return "not_remote"
+        if link.pending_action:
+            await self.push_lifecycle(session, peer, link.pending_action, link.pending_reason or "", now=now)
+        if peer.status == PeerStatus.REVOKED.value:
+            return "revoked"
+
+        def fail(kind: str, message: str) -> str:
+            link.last_error_kind, link.last_error = kind, message[:500]
+            return kind
+
+        try:
+            status, answer = await self._channel_call(session, link, "GET", "bundle", None)
+        except ExternalError as exc:
+            result = fail("malformed" if exc.subject.get("wire_code") else "unreachable", exc.message)
+            await session.flush()
+            return result
+        if status != 200:
+            code = str((answer.get("error") or {}).get("code", status))
+            result = fail("refused", f"the other instance refused the bundle request ({code})")
+            await session.flush()
+            return result
+        try:
+            trust_domain = str(answer["trust_domain"]).lower()
+            sequence = int(answer["sequence"])
+            remote_status = str(answer["status"])
+            sender_holds = bool(answer.get("suspended_by_sender", False))
+            root_pem, inter_pem = str(answer["root_pem"]), str(answer["intermediate_pem"])
+            remote_mod._check_ca_pair(root_pem, inter_pem)
+            PeerStatus(remote_status)
+        except (KeyError, TypeError, ValueError, remote_mod.Refusal):
+            result = fail("malformed", "the other instance sent a bundle that is not well formed")
+            await session.flush()
+            return result
+        if trust_domain != link.remote_domain.lower():
+            result = fail("wrong_trust_domain", f"the bundle is for trust domain {trust_domain!r}, not {link.remote_domain!r}")
+            await session.flush()
+            return result
+        if sequence < link.bundle_sequence:
+            result = fail("sequence_backwards", f"bundle sequence went backwards ({link.bundle_sequence} → {sequence})")
+            await session.flush()
+            return result
+        link.remote_status, link.last_contact_at = remote_status, now
+        link.bundle_fetched_at, link.last_error, link.last_error_kind = now, None, None
+        hint = answer.get("refresh_hint")
+        link.refresh_hint = max(30, min(3600, int(hint))) if isinstance(hint, int) else link.refresh_hint
+        if remote_status == PeerStatus.REVOKED.value:
+            await self._apply_remote(session, peer, link, "revoke", "revoked on the other instance", now)
+            await session.flush()
+            return "revoked"
+        _, other_side = self._other_side(peer, link)
+        holds = getattr(peer, f"{other_side}_suspended_by") is not None
+        if sender_holds and not holds:
+            await self._apply_remote(session, peer, link, "suspend", "suspended on the other instance", now)
+        elif holds and not sender_holds:
+            await self._apply_remote(session, peer, link, "resume", "resumed on the other instance", now)
+        if sequence > link.bundle_sequence:
+            other_id, _ = self._other_side(peer, link)
+            ca = await self.authorities.get(session, other_id)
+            rotated = ca is not None and ca.intermediate_cert_pem.strip() != inter_pem.strip()
+            crl = answer.get("intermediate_crl_pem") if isinstance(answer.get("intermediate_crl_pem"), str) else None
+            await self.remote.store_remote_ca(session, other_id, root_pem, inter_pem, crl)
+            link.bundle_sequence = sequence
+            if rotated and peer.status in {s.value for s in TRUSTED_STATUSES}:
+                # The other side rotated its intermediate: re-sign the new one, retire the old cross cert.
+                for old in (
+                    await session.execute(
+                        select(IssuedCertificate).where(
+                            IssuedCertificate.peer_id == peer.id,
+                            IssuedCertificate.account_id == link.local_account_id,
+                            IssuedCertificate.revoked_at.is_(None),
+                            IssuedCertificate.superseded_at.is_(None),
+                        )
+                    )
+                ).scalars():
+                    old.superseded_at = now
+                await self.remote.cross_sign_local(session, peer, link, now=now)
+                await peers.emit_both(session, peer, "federation.remote_ca_rotated", payload={"sequence": sequence})
+        await session.flush()
+        return "ok"
+
+    async def verify_remote_handshake(
+        self,
+        session: AsyncSession,
+        *,
+        account_id: int,
+        peer_id: int,
+        now: dt.datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> HandshakeOut:
+        """A real mutual-TLS handshake between a fresh node of this instance's account (client, trusting only
+        its own bundle) and a fresh node of the other instance's account (server, trusting only its bundle),
+        served by the other instance's federation endpoint under an SNI name it hands out over the channel.
+        Success on both ends makes the peer active on both instances."""
+        now = now or utcnow()
+        peer = await peers.visible(session, account_id, peer_id)
+        link = await self.remote.remote_of(session, peer_id)
+        assert link is not None
+        if link.remote_peer_id is None or link.outbound_channel_cert_pem is None:
+            raise Conflict(
+                f"federation peer {peer.id} is not established yet; there is nothing to verify",
+                hint="the remote instance accepts it first",
+                federation_peer_id=peer.id,
+            )
+        local = await accounts.by_id(session, link.local_account_id)
+        other_id, _ = self._other_side(peer, link)
+        other_name = (await accounts.by_id(session, other_id)).name
+        node = await self.verifier.probe_identity(session, local, peer, now, correlation_id)
+        error: str | None = None
+        try:
+            status, answer = await self._channel_call(session, link, "POST", "probe", {})
+            server_name = str(answer.get("server_name", "")) if status == 200 else ""
+            if not server_name:
+                code = (answer.get("error") or {}).get("code", status)
+                raise ExternalError(f"the other instance did not serve a probe ({code})")
+            assert link.remote_endpoint is not None
+            status, answer = await wire.call(
+                link.remote_endpoint,
+                "GET",
+                f"{remote_mod.API}/probe/{server_name}",
+                None,
+                ctx=handshake.build_context(node, server=False),
+                server_hostname=server_name,
+            )
+            if status != 200 or answer.get("ok") is not True:
+                error = f"{other_name} (server) rejected {local.name}: {(answer.get('error') or {}).get('message')}"
+        except ExternalError as exc:
+            error = exc.message
+        ok = error is None
+        direction = DirectionOut(from_=local.name, to=other_name, ok=ok, error=error, tls_version=None)
+        if ok:
+            peer.last_handshake_at, peer.last_handshake_error = now, None
+            if peer.status == PeerStatus.ACCEPTED.value:
+                peer.status = check_action(peer.status, "activate", peer_id=peer.id)
+                kind, severity = "federation.peer_activated", "info"
+            elif peer.status in {s.value for s in TRUSTED_STATUSES}:
+                kind, severity = "federation.handshake_verified", "info"
+            else:
+                kind, severity = "federation.revoked_but_trusted", "critical"
+        else:
+            peer.last_handshake_error = error
+            kind = "federation.handshake_failed"
+            severity = "high" if peer.status in {s.value for s in TRUSTED_STATUSES} else "info"
+        await session.flush()
+        await peers.emit_both(
+            session, peer, kind, severity=severity, payload={"ok": ok, "error": error}, correlation_id=correlation_id
+        )
+        return HandshakeOut(ok=ok, directions=[direction], federation_peer=await peers.to_out(session, peer, now=now))
+
+    async def record_remote_handshake(
+        self, session: AsyncSession, peer: FederationPeer, *, now: dt.datetime
+    ) -> None:
+        """The other instance's node completed a verified handshake with one of ours (server side)."""
+        peer.last_handshake_at, peer.last_handshake_error = now, None
+        if peer.status == PeerStatus.ACCEPTED.value:
+            peer.status = check_action(peer.status, "activate", peer_id=peer.id)
+            await peers.emit_both(session, peer, "federation.peer_activated")
+        await session.flush()
 
     # -- governance and renewal ------------------------------------------------------------------
 
@@ -393,6 +797,11 @@ class FederationService:
             )
         ).all()
         failures = await self.acceptance.account_failures(session, account_id, now)
+        remotes = (
+            (await session.execute(select(FederationRemote).where(FederationRemote.peer_id.in_(ids)))).scalars().all()
+            if ids
+            else []
+        )
         findings = governance.scan_peers(
             rows,
             certs,
@@ -401,6 +810,7 @@ class FederationService:
             account_domains={i: d for i, _, d in accts},
             account_failures={account_id: failures},
             thresholds=self.config.scan,
+            remotes={r.peer_id: r for r in remotes},
         )
         return ScanOut(
             findings=findings,

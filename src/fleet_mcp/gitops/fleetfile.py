@@ -1,7 +1,8 @@
 """Parse fleet.yaml bytes into a validated DesiredState, reporting every problem at once with dotted paths.
 
-The YAML is read as an event stream (libyaml when available) and turned into plain values by our
-own small builder instead of PyYAML's constructor, so the limits hold *while* parsing: anchors and
+The YAML is read by `fleet_mcp.yamlsafe` (the hardened reader policy files use too): an event stream
+(libyaml when available) turned into plain values by a small builder instead of PyYAML's
+constructor, so the limits hold *while* parsing: anchors, merge keys and
 aliases (alias bombs), explicit tags (`!!python/...`), duplicate keys (PyYAML silently keeps the
 last), excessive depth or key count and multiple documents are refused before anything grows.
 Mapping keys are taken as their literal text (`yes:` is the key "yes", never True).
@@ -12,17 +13,14 @@ whole desired state, so a template that exists only live would be deleted by the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from yaml.constructor import SafeConstructor
-from yaml.nodes import ScalarNode
-from yaml.resolver import Resolver
 
+from fleet_mcp import yamlsafe
 from fleet_mcp.errors import InvalidArgument
 from fleet_mcp.fleet.spec import (
     KIND_BY_SECTION,
@@ -40,36 +38,10 @@ from fleet_mcp.fleet.spec import (
     name_error,
 )
 
-try:  # libyaml: ~10x faster event stream; the pure-Python parser behaves the same.
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover - libyaml is present in our builds
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
-
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 16
 MAX_KEYS = 200_000
 MAX_ERRORS_IN_MESSAGE = 50
-
-_STR = "tag:yaml.org,2002:str"
-_ALLOWED_TAGS = {
-    _STR,
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:null",
-    "tag:yaml.org,2002:map",
-    "tag:yaml.org,2002:seq",
-}
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
-_RESOLVERS: dict[Any, list[tuple[str, Any]]] = Resolver.yaml_implicit_resolvers
-_CONSTRUCTOR = SafeConstructor()
-_CONSTRUCT = {
-    "tag:yaml.org,2002:int": _CONSTRUCTOR.construct_yaml_int,
-    "tag:yaml.org,2002:float": _CONSTRUCTOR.construct_yaml_float,
-    "tag:yaml.org,2002:bool": _CONSTRUCTOR.construct_yaml_bool,
-    "tag:yaml.org,2002:null": _CONSTRUCTOR.construct_yaml_null,
-}
-
 
 @dataclass
 class DesiredState:
@@ -134,145 +106,8 @@ def _fail(errors: list[str], *, hint: str) -> FleetFileError:
     return FleetFileError(message, hint=hint, errors=errors)
 
 
-class _Limit(Exception):
-    """A structural limit that stops parsing at once (the rest cannot be trusted)."""
-
-
 def _where(mark: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}"
-
-
-def _scalar(ev: Any) -> Any:
-    tag = ev.tag
-    value = ev.value
-    if tag is None or tag == "!":
-        if not ev.implicit[0]:
-            return value  # quoted: always a string
-        resolvers = _RESOLVERS.get(value[0] if value else "", ())
-        for rtag, regexp in (*resolvers, *_RESOLVERS.get(None, ())):
-            if regexp.match(value):
-                tag = rtag
-                break
-        else:
-            return value
-        if tag == _TIMESTAMP or tag not in _CONSTRUCT:
-            return value  # dates stay text (JSON-ready); '=' / '<<' have no meaning here
-    elif tag not in _ALLOWED_TAGS or tag.endswith(("map", "seq")):
-        raise _Limit(f"{_where(ev.start_mark)}: tag {tag!r} is not allowed")
-    elif tag == _STR:
-        return value
-    try:
-        out = _CONSTRUCT[tag](ScalarNode(tag, value))
-    except (ValueError, yaml.YAMLError):
-        raise _Limit(f"{_where(ev.start_mark)}: {value[:40]!r} is not a valid {tag.rsplit(':', 1)[-1]}") from None
-    if isinstance(out, float) and not math.isfinite(out):
-        raise _Limit(f"{_where(ev.start_mark)}: non-finite numbers (.inf, .nan) are not allowed")
-    return out
-
-
-def _load(data: bytes | str) -> tuple[Any, list[str], dict[tuple[str, ...], int]]:
-    """Build plain values from the YAML event stream under our limits.
-
-    Returns the document (None when empty), the recoverable errors (duplicate keys) and the line of
-    each key down to field level, to point schema errors at lines.
-    """
-    loader = _Loader(data)
-    errors: list[str] = []
-    lines: dict[tuple[str, ...], int] = {}
-    try:
-        get = loader.get_event
-        ev = get()  # StreamStart
-        ev = get()
-        if isinstance(ev, yaml.StreamEndEvent):
-            return None, errors, lines
-        # ev is DocumentStart
-        root: Any = None
-        # Frames: [container, is_mapping, path, pending key (mappings), {key: line} seen (mappings)]
-        stack: list[list[Any]] = []
-        keys = 0
-
-        def attach(value: Any) -> None:
-            nonlocal root
-            if not stack:
-                root = value
-                return
-            frame = stack[-1]
-            if frame[1]:
-                frame[0][frame[3]] = value
-                frame[3] = None
-            else:
-                frame[0].append(value)
-
-        while True:
-            ev = get()
-            cls = type(ev)
-            if cls is yaml.ScalarEvent:
-                if ev.anchor is not None:
-                    raise _Limit(f"{_where(ev.start_mark)}: YAML anchors and aliases are not allowed")
-                if stack and stack[-1][1] and stack[-1][3] is None:
-                    frame = stack[-1]
-                    if ev.tag not in (None, "!", _STR):
-                        raise _Limit(f"{_where(ev.start_mark)}: mapping keys must be plain strings")
-                    key = ev.value
-                    keys += 1
-                    if keys > MAX_KEYS:
-                        raise _Limit(f"more than {MAX_KEYS} keys")
-                    if key in frame[4]:
-                        errors.append(
-                            f"{format_loc((*frame[2], key))}: duplicate key (line {ev.start_mark.line + 1}, "
-                            f"first at line {frame[4][key] + 1})"
-                        )
-                        key = _Duplicate(key)
-                    else:
-                        frame[4][key] = ev.start_mark.line
-                        if len(frame[2]) < 3:
-                            lines.setdefault((*frame[2], key), ev.start_mark.line + 1)
-                    frame[3] = key
-                else:
-                    attach(_scalar(ev))
-            elif cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
-                if ev.anchor is not None:
-                    raise _Limit(f"{_where(ev.start_mark)}: YAML anchors and aliases are not allowed")
-                if ev.tag not in (None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
-                    raise _Limit(f"{_where(ev.start_mark)}: tag {ev.tag!r} is not allowed")
-                if stack and stack[-1][1] and stack[-1][3] is None:
-                    raise _Limit(f"{_where(ev.start_mark)}: mapping keys must be plain strings")
-                if len(stack) >= MAX_DEPTH:
-                    raise _Limit(f"{_where(ev.start_mark)}: nesting deeper than {MAX_DEPTH} levels")
-                if stack:
-                    parent = stack[-1]
-                    path = (*parent[2], str(parent[3])) if parent[1] else (*parent[2], len(parent[0]))
-                else:
-                    path = ()
-                is_map = cls is yaml.MappingStartEvent
-                container: Any = {} if is_map else []
-                attach(container)
-                stack.append([container, is_map, path, None, {} if is_map else None])
-            elif cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
-                stack.pop()
-            elif cls is yaml.AliasEvent:
-                raise _Limit(f"{_where(ev.start_mark)}: YAML anchors and aliases are not allowed")
-            elif cls is yaml.DocumentEndEvent:
-                nxt = get()
-                if not isinstance(nxt, yaml.StreamEndEvent):
-                    raise _Limit(f"{_where(nxt.start_mark)}: more than one YAML document")
-                return root, errors, lines
-            else:  # pragma: no cover - the parser emits nothing else inside a document
-                raise _Limit(f"unexpected YAML event {cls.__name__}")
-    finally:
-        loader.dispose()
-
-
-class _Duplicate(str):
-    """A second occurrence of a key: stored under a distinct object so the first one is kept."""
-
-    __slots__ = ()
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
 
 _HINT = "fix every listed path in fleet.yaml (see docs/runbooks/gitops.md for the schema) and push again"
@@ -292,8 +127,8 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
     except UnicodeDecodeError as exc:
         raise FleetFileError(f"fleet.yaml is not valid UTF-8 (byte {exc.start})", hint="save it as UTF-8") from None
     try:
-        doc, errors, lines = _load(text)
-    except _Limit as exc:
+        loaded = yamlsafe.load(text, max_depth=MAX_DEPTH, max_keys=MAX_KEYS, line_depth=3)
+    except yamlsafe.YamlRefused as exc:
         raise FleetFileError(f"fleet.yaml refused: {exc}", hint=_HINT, errors=[str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -302,6 +137,9 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
         msg = f"fleet.yaml is not valid YAML{where}: {problem}"
         raise FleetFileError(msg, hint=_HINT, errors=[msg]) from None
 
+    doc, lines = loaded.document, loaded.lines
+    errors = [f"{format_loc(d.path)}: duplicate key (line {d.line}, first at line {d.first_line})"
+              for d in loaded.duplicates]
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -313,7 +151,7 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
             hint=_HINT,
         )
     # Duplicate keys were kept apart; drop them so validation sees the first occurrence only.
-    _strip_duplicates(doc)
+    yamlsafe.strip_duplicates(doc)
 
     model: _FleetFile | None = None
     try:
@@ -366,18 +204,6 @@ def parse_fleet_file(data: bytes | str) -> DesiredState:
         section: dict[str, Any] = getattr(model, SECTION_BY_KIND[kind])
         resources[kind] = {name: dump_attributes(spec) for name, spec in section.items()}
     return DesiredState(resources=resources, fleet=dump_attributes(model.fleet) if model.fleet else None)
-
-
-def _strip_duplicates(node: Any) -> None:
-    stack = [node]
-    while stack:
-        cur = stack.pop()
-        if isinstance(cur, dict):
-            for k in [k for k in cur if isinstance(k, _Duplicate)]:
-                del cur[k]
-            stack.extend(v for v in cur.values() if isinstance(v, dict | list))
-        elif isinstance(cur, list):
-            stack.extend(v for v in cur if isinstance(v, dict | list))
 
 
 def _with_line(line: str, loc: tuple[Any, ...], lines: Mapping[tuple[str, ...], int]) -> str:

@@ -104,15 +104,13 @@ async def policy_explain(ctx: ToolContext, args: ExplainArgs) -> ExplainOut:
         raise InvalidArgument(f"unknown tool {args.tool!r}", hint="list tools with tools/list")
     policy = ctx.app.policy.current
     explained = policy.explain(args.tool, args.arguments)
-    d = explained.decision if hasattr(explained, "decision") and not isinstance(explained.decision, str) else None
-    decision = d or policy.decide(args.tool, args.arguments)
+    decision = explained.decision
     approval = decision.approval.model_dump(mode="json") if decision.approval is not None else None
     perm = tools[args.tool].permission
     perms = permissions_for(ctx.principal.roles, getattr(policy, "roles", None) or {})
-    considered = getattr(explained, "considered", None) or getattr(explained, "steps", None) or []
     return ExplainOut(
         tool=args.tool, decision=decision.decision, rule=decision.rule, reason=decision.reason,
         approval_mode=approval.get("mode") if approval else None, approval=approval, permission=perm,
         caller_has_permission=has_permission(perms, perm),
-        considered=[c.model_dump(mode="json") if isinstance(c, BaseModel) else dict(c) for c in considered],
+        considered=[t.model_dump(mode="json") for t in explained.rules],
     )

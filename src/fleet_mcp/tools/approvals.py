@@ -126,3 +126,26 @@ async def approvals_collect_result(ctx: ToolContext, args: CollectArgs) -> Colle
     req = await approvals.get(ctx.session, args.approval_id, ctx.principal.account_id)
     secrets = await approvals.collect_result(ctx.session, ctx.app, args.approval_id, ctx.principal)
     return CollectOut(approval_id=req.id, tool=req.tool, secrets=secrets)
+
+
+class CancelArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approval_id: str = Field(description="Approval request id (apr_…) you requested.", min_length=4, max_length=40)
+    reason: str = Field(description="Why it is withdrawn; recorded on the request and in the audit log.",
+                        min_length=1, max_length=2000)
+
+
+class CancelOut(BaseModel):
+    approval: ApprovalOut
+
+
+@tool(name="system_approvals_cancel", title="Withdraw an approval request", permission="system.approvals.read",
+      toolset="approvals")
+async def approvals_cancel(ctx: ToolContext, args: CancelArgs) -> CancelOut:
+    """Withdraw a pending approval request you made yourself: it becomes cancelled and never runs.
+
+    Only the requester can withdraw a request (an approver rejects instead); decided, expired or executed
+    requests cannot be withdrawn."""
+    req = await approvals.cancel(ctx.session, approval_id=args.approval_id, caller=ctx.principal, reason=args.reason)
+    return CancelOut(approval=ApprovalOut(**approvals.to_dict(req)))
+

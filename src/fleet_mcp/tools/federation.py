@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field, SecretStr
 
 from fleet_mcp.context import ToolContext
 from fleet_mcp.errors import ExternalError
-from fleet_mcp.federation.config import FederationConfig
 from fleet_mcp.federation.schemas import (
     AcceptOut,
     FederationPeerOut,
@@ -36,11 +35,9 @@ def service(ctx: ToolContext) -> FederationService:
             "no transit backend is configured, so CA keys cannot be sealed",
             hint="start the server with the local transit (default) or FLEET_MCP_TRANSIT=vault",
         )
-    from fleet_mcp.vault.credentials import CredentialKeySealer
+    from fleet_mcp.federation.listener import build_service
 
-    return FederationService(
-        CredentialKeySealer(ctx.app.transit), FederationConfig.from_settings(ctx.app.settings)
-    )
+    return build_service(ctx.app)
 
 
 def _who(ctx: ToolContext) -> dict[str, Any]:
@@ -69,6 +66,27 @@ class ProposeArgs(Args):
         description="CIDR prefixes the remote side is expected to advertise (list or comma list).",
     )
     token_ttl_seconds: int = Field(default=86_400, ge=60, le=7 * 86_400, description=TTL_DESCRIPTION)
+    remote_federation_domain: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Set when the remote account lives on another fleet-mcp instance: the federation domain "
+        "it must have (our root's cross certificate is limited to it). The result then holds a peering_token.",
+    )
+
+
+class AcceptRemoteArgs(Args):
+    peering_token: SecretStr = Field(
+        description="The fmcp-peering-v1.… token the proposing instance's operators handed over.",
+        min_length=1,
+        max_length=4096,
+    )
+
+
+class RefreshOut(BaseModel):
+    outcome: str = Field(
+        description="ok | unreachable | refused | wrong_trust_domain | sequence_backwards | malformed | revoked"
+    )
+    federation_peer: FederationPeerOut
 
 
 class AcceptArgs(PeerIdArgs):
@@ -207,9 +225,67 @@ async def propose_federation_peer(ctx: ToolContext, args: ProposeArgs) -> Propos
         remote_account=args.remote_account,
         remote_prefix_advertisement=args.remote_prefix_advertisement,
         token_ttl_seconds=args.token_ttl_seconds,
+        remote_federation_domain=args.remote_federation_domain,
         actor=ctx.principal.qualified,
         **_who(ctx),
     )
+
+
+async def _accept_remote_summary(ctx: ToolContext, args: AcceptRemoteArgs) -> str:
+    from fleet_mcp.db.base import utcnow
+    from fleet_mcp.federation import peering
+
+    try:
+        t = peering.decode(args.peering_token.get_secret_value(), now=utcnow())
+    except Exception:  # noqa: BLE001 - the call itself reports what is wrong with the token
+        return f"Accept a federation proposal from another instance for {ctx.principal.account_name} (token unreadable)."
+    return (
+        f"Accept federating {ctx.principal.account_name} with {t.account} ({t.domain}) on instance "
+        f"{t.issuer_instance} at {', '.join(t.endpoints)} (CA pin {t.pin[:16]}…); our root cross-signs its "
+        f"intermediate, limited to {t.domain}."
+    )
+
+
+@tool(
+    name="system_sdwan_accept_remote_federation_peer",
+    title="Accept a federation peer from another instance",
+    permission=MANAGE,
+    summary=_accept_remote_summary,
+    **FEDERATION,
+)
+async def accept_remote_federation_peer(ctx: ToolContext, args: AcceptRemoteArgs) -> AcceptOut:
+    """Accept a proposal made on another fleet-mcp instance with its peering token.
+
+    Dials the endpoint in the token, checks that it presents the pinned CA (no Web PKI, no trust on first
+    use), presents the one-time secret and this account's CA certificates; the proposing instance claims the
+    secret once. Each side's root then cross-signs the other's intermediate, limited to the other's domain,
+    and both sides are accepted. Needs this server's own federation endpoint (serve --federation-listen)."""
+    return await service(ctx).accept_remote(
+        ctx.session,
+        peering_token=args.peering_token.get_secret_value(),
+        actor=ctx.principal.qualified,
+        **_who(ctx),
+    )
+
+
+@tool(
+    name="system_sdwan_refresh_federation_peer",
+    title="Refresh a federation peer on another instance",
+    permission=MANAGE,
+    **FEDERATION,
+)
+async def refresh_federation_peer(ctx: ToolContext, args: PeerIdArgs) -> RefreshOut:
+    """Poll the other instance of a peer now (the scheduler does it every refresh interval): deliver a
+    lifecycle change still pending, fetch its trust bundle and status, apply its suspension, resumption or
+    revocation, and re-sign a rotated intermediate. A bundle for another trust domain, with an older
+    sequence, oversized or malformed, is refused and reported."""
+    outcome = await service(ctx).refresh_remote(
+        ctx.session, peer_id=args.federation_peer_id, account_id=ctx.principal.account_id
+    )
+    peer = await service(ctx).get_peer(
+        ctx.session, account_id=ctx.principal.account_id, peer_id=args.federation_peer_id
+    )
+    return RefreshOut(outcome=outcome, federation_peer=peer)
 
 
 @tool(
@@ -290,7 +366,9 @@ async def verify_federation_handshake(ctx: ToolContext, args: PeerIdArgs) -> Han
     """Run a real mutual-TLS handshake over loopback between fresh nodes of both accounts, in both directions.
 
     Each side trusts only its own bundle. Success makes an accepted peer active; a failure names the
-    direction and the reason (e.g. certificate verify failed)."""
+    direction and the reason (e.g. certificate verify failed). For a peer on another instance, a fresh node
+    of this account connects to a fresh node of the other account served by that instance's federation
+    endpoint (one direction per call: this instance's node is the client); success activates both sides."""
     return await service(ctx).verify_handshake(ctx.session, peer_id=args.federation_peer_id, **_who(ctx))
 
 
@@ -302,7 +380,10 @@ async def verify_federation_handshake(ctx: ToolContext, args: PeerIdArgs) -> Han
     **FEDERATION,
 )
 async def suspend_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
-    """Suspend an accepted or active peer: its cross certificates are revoked and leave both bundles."""
+    """Suspend an accepted or active peer: its cross certificates are revoked and leave both bundles.
+
+    The suspension belongs to this account: only this account can resume it. The other account may add its
+    own suspension to a suspended peer; then both must resume before trust comes back."""
     peer = await service(ctx).suspend(
         ctx.session,
         peer_id=args.federation_peer_id,
@@ -321,7 +402,10 @@ async def suspend_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut
     **FEDERATION,
 )
 async def resume_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
-    """Resume a suspended peer with fresh cross certificates (accepted; verify the handshake to activate)."""
+    """Lift this account's suspension of a peer; an account cannot lift the other account's suspension.
+
+    When no suspension is left the peer is accepted again with fresh cross certificates (verify the
+    handshake to activate it); while the other account still holds one it stays suspended."""
     peer = await service(ctx).resume(
         ctx.session,
         peer_id=args.federation_peer_id,
@@ -365,7 +449,9 @@ async def revoke_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
 )
 async def federation_scan(ctx: ToolContext, args: NoArgs) -> ScanOut:
     """Findings that need an operator: stale proposals, expired tokens, missing handshakes, expiring or
-    unconstrained cross certificates, revoked peers still trusted, failed-accept spikes, prefix overlaps."""
+    unconstrained cross certificates, revoked peers still trusted, failed-accept spikes, prefix overlaps; for
+    peers on another instance: unreachable, bundle stale, sequence gone backwards, bundle refused, revoked
+    there but not here."""
     return await service(ctx).scan(ctx.session, account_id=ctx.principal.account_id)
 
 
@@ -401,3 +487,27 @@ async def get_trust_bundle(ctx: ToolContext, args: BundleArgs) -> TrustBundleOut
     return await service(ctx).trust_bundle(
         ctx.session, account_id=ctx.principal.account_id, include_crls=args.include_crls
     )
+
+
+async def _rotate_summary(ctx: ToolContext, args: NoArgs) -> str:
+    return (
+        f"Rotate the intermediate CA of {ctx.principal.account_name}: new key under the same root; peers re-sign "
+        "it; node certificates must be re-issued."
+    )
+
+
+@tool(
+    name="system_sdwan_rotate_intermediate_ca",
+    title="Rotate the account's intermediate CA",
+    permission=MANAGE,
+    summary=_rotate_summary,
+    **FEDERATION,
+)
+async def rotate_intermediate_ca(ctx: ToolContext, args: NoArgs) -> TrustBundleOut:
+    """Replace this account's intermediate CA (new key, same root) and re-sign its CRLs.
+
+    Peers on this instance cross-sign the new intermediate at once; peers on other instances do so on their
+    next bundle poll (the bundle sequence grows). Node certificates issued by the old intermediate keep
+    working inside the account until they expire; peers trust only new ones: re-issue node certificates."""
+    return await service(ctx).rotate_intermediate(ctx.session, **_who(ctx))
+

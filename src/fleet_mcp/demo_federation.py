@@ -1,4 +1,5 @@
-"""The federation section of `fleet-mcp demo` (register it in `fleet_mcp.demo_sections.SECTIONS`)."""
+"""The federation section of `fleet-mcp demo` (client presentation code: it drives the tools through MCP
+clients and prints; registered in `fleet_mcp.demo_sections.SECTIONS`)."""
 
 from __future__ import annotations
 
