@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fleet_mcp.demo_federation import federation_section
+from fleet_mcp.demo_gitops import gitops_section
 from fleet_mcp.demo_vault import vault_section
-from fleet_mcp.gitops.demo import gitops_section
 
 SECTIONS: list[Callable[..., Awaitable[None]]] = [gitops_section, federation_section, vault_section]

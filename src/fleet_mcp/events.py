@@ -38,5 +38,11 @@ async def recent(
     if account_id is not None:
         stmt = stmt.where((FleetEvent.account_id == account_id) | (FleetEvent.account_id.is_(None)))
     if kind:
-        stmt = stmt.where(FleetEvent.kind.like(kind.replace("*", "%")) if "*" in kind else FleetEvent.kind == kind)
+        stmt = stmt.where(FleetEvent.kind.like(_like(kind), escape="\\") if "*" in kind else FleetEvent.kind == kind)
     return list((await session.execute(stmt)).scalars().all())
+
+
+def _like(pattern: str) -> str:
+    """`*` is the only wildcard: LIKE's own '%' and '_' (and the escape character) match themselves."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")

@@ -47,10 +47,14 @@ async def put(
 async def delete(session: AsyncSession, account_id: int, kind: str, name: str) -> None:
     row = await get(session, account_id, kind, name)
     if kind in ("template", "module"):
-        pattern = f"{name}:%" if kind == "template" else f"%:{name}"
+        # Exact comparison of the assignment key's part (never LIKE: '_' is a legal name character).
+        # Names never contain ':', so '<name>:' as a prefix (or ':<name>' as a suffix) is exactly that part.
+        if kind == "template":
+            part = func.substr(Assignment.name, 1, len(name) + 1) == f"{name}:"
+        else:
+            part = func.substr(Assignment.name, func.length(Assignment.name) - len(name)) == f":{name}"
         users = (await session.execute(
-            select(func.count()).select_from(Assignment)
-            .where(Assignment.account_id == account_id, Assignment.name.like(pattern))
+            select(func.count()).select_from(Assignment).where(Assignment.account_id == account_id, part)
         )).scalar_one()
         if users:
             raise Conflict(f"{kind} {name!r} is used by {users} assignment(s)",

@@ -89,7 +89,7 @@ async def run_scheduler(app: App, *, enabled: bool = True) -> AsyncIterator[None
     """Run every registered job in the background for the lifetime of the block."""
     import importlib
 
-    for mod in ("fleet_mcp.gitops.jobs", "fleet_mcp.federation.jobs", "fleet_mcp.vault.jobs"):
+    for mod in ("fleet_mcp.jobs.gitops", "fleet_mcp.federation.jobs", "fleet_mcp.vault.jobs"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed(dirpath: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key; the certificate doubles as the CA file for git."""
+def self_signed(dirpath: Path, hosts: tuple[str, ...] = ("127.0.0.1",)) -> tuple[Path, Path]:
+    """A certificate for the loopback addresses `hosts` and its key; it doubles as the CA file for git."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
@@ -34,7 +34,7 @@ def self_signed(dirpath: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(h)) for h in hosts]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
@@ -51,14 +51,21 @@ class GitHTTPSServer:
     """Serves every repository under `root` through `git http-backend`, behind HTTP basic auth."""
 
     def __init__(self, root: Path, certdir: Path, *, username: str, password: str,
-                 on_auth: Callable[[], Any] | None = None) -> None:
+                 on_auth: Callable[[], Any] | None = None, host: str = "127.0.0.1",
+                 cert: tuple[Path, Path] | None = None, redirect_to: str | None = None) -> None:
+        """`host`: the loopback address to listen on; `cert`: a (certificate, key) pair to serve instead of
+        a fresh one (so several servers share one CA file); `redirect_to`: answer every request with a
+        302 to this base URL instead (a git server that bounces clients elsewhere)."""
         self.root = root
         self.username = username
         self.password = password
         self.on_auth = on_auth
+        self.host = host
+        self.redirect_to = redirect_to
         self.seen_auth: list[str] = []
+        self.requests: list[str] = []
         self.snapshots: list[Any] = []
-        self.cert_file, key_file = self_signed(certdir)
+        self.cert_file, key_file = cert or self_signed(certdir, (host,))
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,6 +83,13 @@ class GitHTTPSServer:
                 return decoded == f"{outer.username}:{outer.password}"
 
             def _handle(self) -> None:
+                outer.requests.append(self.path)
+                if outer.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirect_to + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if not self._auth_ok():
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="fleet"')
@@ -122,7 +136,7 @@ class GitHTTPSServer:
             do_GET = _handle
             do_POST = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert_file, key_file)
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
@@ -130,7 +144,11 @@ class GitHTTPSServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, repo: str) -> str:
-        return f"https://127.0.0.1:{self.port}/{repo}"
+        return f"https://{self.host}:{self.port}/{repo}"
+
+    @property
+    def netloc(self) -> str:
+        return f"{self.host}:{self.port}"
 
     def __enter__(self) -> GitHTTPSServer:
         self.thread.start()

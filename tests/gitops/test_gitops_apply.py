@@ -64,9 +64,9 @@ async def test_apply_sync_run_creates_everything_owned_by_the_repository(
     assert events.scalars().one().payload["count"] == 7
 
     # Applying again: nothing pending.
-    with pytest.raises(Conflict, match="no pending proposals"):
+    with pytest.raises(Conflict, match="already applied"):
         await uow(lambda s: gitops.apply_sync_run(s, account_id=account.id, sync_run_id=run.id))
-    with pytest.raises(Conflict, match="is applied"):
+    with pytest.raises(Conflict, match="already applied"):
         await uow(lambda s: gitops.apply_proposal(s, account_id=account.id, proposal_id=run.proposal_ids[0]))
 
     # The next sync sees no drift.

@@ -117,7 +117,7 @@ def https_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet_repo: Fl
 
 def test_https_credential_reaches_git_only_through_private_files(https_server, fleet_repo: FleetRepo) -> None:
     server, cache = https_server
-    cred = GitCredential(kind="git_https", username="deploy", password="s3cret-T0ken")
+    cred = GitCredential(kind="git_https", host=server.netloc, username="deploy", password="s3cret-T0ken")
     assert "s3cret" not in repr(cred)
     got = _fetch(server.url("fleet.git"), cache, credential=cred)
     assert got.commit == fleet_repo.git("rev-parse", "HEAD")
@@ -133,14 +133,19 @@ def test_https_credential_reaches_git_only_through_private_files(https_server, f
 
 def test_https_wrong_or_missing_credential(https_server) -> None:
     server, cache = https_server
-    bad = GitCredential(kind="git_https", username="deploy", password="wrong")
+    bad = GitCredential(kind="git_https", host=server.netloc, username="deploy", password="wrong")
     with pytest.raises(ExternalError, match="authentication failed"):
         _fetch(server.url("fleet.git"), cache, credential=bad)
     with pytest.raises(ExternalError, match="authentication failed"):
         _fetch(server.url("fleet.git"), cache)
     with pytest.raises(InvalidArgument, match="git_https"):
         _fetch(server.url("fleet.git"), cache, credential=GitCredential(kind="git_ssh", private_key="k"))
-    assert list((cache / "tmp").iterdir()) == []
+    # A credential bound to no host, or to another one, never reaches git.
+    for host in (None, "127.0.0.2", "127.0.0.1"):
+        stray = GitCredential(kind="git_https", host=host, username="deploy", password="s3cret-T0ken")
+        with pytest.raises(InvalidArgument, match="host"):
+            _fetch(server.url("fleet.git"), cache, credential=stray)
+    assert list((cache / "tmp").iterdir()) == [] and "deploy:s3cret-T0ken" not in server.seen_auth
 
 
 def test_ssh_key_is_a_0600_file_removed_after_use(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 from fleet_mcp.errors import InvalidArgument
 from fleet_mcp.fleet.spec import canonical_attributes, check_name, fingerprint, is_secret_key
 from fleet_mcp.gitops.fleetfile import MAX_BYTES, FleetFileError, parse_fleet_file
-from fleet_mcp.gitops.urls import validate_branch, validate_path_prefix, validate_repo_url
+from fleet_mcp.gitops.urls import parse_bound_host, validate_branch, validate_path_prefix, validate_repo_url
 
 # --- repository URLs --------------------------------------------------------------------------
 
@@ -230,3 +230,31 @@ def test_plain_keys_are_text_and_dates_stay_strings() -> None:
 def test_empty_file_is_an_empty_desired_state() -> None:
     assert parse_fleet_file(b"").is_empty()
     assert parse_fleet_file(b"templates:\nmodules:\n").is_empty()
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://GitHub.com/acme/fleet.git", "github.com"),
+        ("https://github.com:443/acme/fleet.git", "github.com"),
+        ("https://git.example:8443/acme/fleet.git", "git.example:8443"),
+        ("ssh://git@github.com/acme/fleet.git", "github.com"),
+        ("ssh://git@github.com:22/acme/fleet.git", "github.com"),
+        ("ssh://git@github.com:2222/acme/fleet.git", "github.com:2222"),
+        ("git@github.com:acme/fleet.git", "github.com"),
+        ("https://[::1]:8443/acme/fleet.git", "[::1]:8443"),
+    ],
+)
+def test_repository_host_is_what_a_credential_is_bound_to(url: str, host: str) -> None:
+    parsed = validate_repo_url(url)
+    assert parsed.host == host
+    # The same host written in a credential's metadata normalises to the same key.
+    written = host if parsed.transport == "ssh" or host.endswith(":8443") else host.upper()
+    assert parse_bound_host(written, parsed.transport) == host
+
+
+@pytest.mark.parametrize("bad", ["", "https://github.com", "github.com/acme", "user@github.com", "git hub.com",
+                                 "github.com:99999", "-oProxyCommand=x", 42])
+def test_bad_credential_hosts_refused(bad: object) -> None:
+    with pytest.raises(InvalidArgument, match="metadata.host"):
+        parse_bound_host(bad, "https")

@@ -273,22 +273,44 @@ async def test_drift_report_writes_nothing(uow, account, fleet_repo, options, se
     assert repo.last_status == "never" and repo.desired_state is None
 
 
+async def _prefetch(sessionmaker, account, repo_id: int, options, **kw):  # noqa: ANN001, ANN202
+    async with sessionmaker() as session:  # a read session: prefetch writes nothing
+        return await gitops.prefetch(session, account_id=account.id, repository_id=repo_id, options=options, **kw)
+
+
 async def test_prefetch_outside_the_transaction(uow, account, fleet_repo, options, sessionmaker) -> None:
     repo_id = await _register(uow, account, fleet_repo)
-    fetched = await gitops.prefetch(sessionmaker, account_id=account.id, repository_id=repo_id, options=options)
-    assert fetched.commit == fleet_repo.git("rev-parse", "HEAD")
+    fetched = await _prefetch(sessionmaker, account, repo_id, options)
+    assert fetched.outcome.commit == fleet_repo.git("rev-parse", "HEAD")
+    assert (fetched.source.branch, fetched.source.path_prefix, fetched.source.credential) == ("main", "", None)
     run = await uow(lambda s: gitops.sync_repository(s, account_id=account.id, repository_id=repo_id,
                                                      options=options, prefetched=fetched))
-    assert (run.status, run.revision, run.diff_count) == ("success", fetched.commit, 7)
+    assert (run.status, run.revision, run.diff_count) == ("success", fetched.outcome.commit, 7)
 
     await uow(lambda s: gitops.update_repository(s, account_id=account.id, repository_id=repo_id, branch="gone"))
-    failed = await gitops.prefetch(sessionmaker, account_id=account.id, repository_id=repo_id, options=options)
-    assert isinstance(failed, NotFound)
+    failed = await _prefetch(sessionmaker, account, repo_id, options)
+    assert isinstance(failed.outcome, NotFound)
     run = await uow(lambda s: gitops.sync_repository(s, account_id=account.id, repository_id=repo_id,
                                                      options=options, prefetched=failed))
     assert (run.status, run.stage) == ("failed", "fetch")
 
     await uow(lambda s: gitops.update_repository(s, account_id=account.id, repository_id=repo_id,
                                                  branch="main", credential="deploy-key"))
-    no_store = await gitops.prefetch(sessionmaker, account_id=account.id, repository_id=repo_id, options=options)
-    assert "no credential store" in str(no_store)
+    no_store = await _prefetch(sessionmaker, account, repo_id, options)
+    assert "no credential store" in str(no_store.outcome)
+    with pytest.raises(NotFound):
+        await _prefetch(sessionmaker, account, 999, options)
+
+
+async def test_a_prefetch_for_an_older_source_is_not_used(uow, account, fleet_repo, options, sessionmaker) -> None:
+    repo_id = await _register(uow, account, fleet_repo)
+    old = await _prefetch(sessionmaker, account, repo_id, options)
+    fleet_repo.git("checkout", "-q", "-b", "next")
+    head = fleet_repo.commit({"fleet.yaml": "templates:\n  only: {}\n"}, "next branch")
+    await uow(lambda s: gitops.update_repository(s, account_id=account.id, repository_id=repo_id, branch="next"))
+    run = await uow(lambda s: gitops.sync_repository(s, account_id=account.id, repository_id=repo_id,
+                                                     options=options, prefetched=old))
+    assert (run.status, run.revision, run.diff_count) == ("success", head, 1)
+    report = await uow(lambda s: gitops.drift_report(s, account_id=account.id, repository_id=repo_id,
+                                                     options=options, prefetched=old))
+    assert (report.revision, report.diff_count) == (head, 1)

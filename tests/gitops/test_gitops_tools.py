@@ -10,8 +10,8 @@ from mcp_types import ElicitResult
 from sqlalchemy import func, select
 
 from fleet_mcp.db.models import Template
-from fleet_mcp.gitops import jobs
 from fleet_mcp.gitops.models import GitOpsRepository
+from fleet_mcp.jobs import gitops as jobs
 from fleet_mcp.registry import load_tools
 from fleet_mcp.server import build_server
 from tests.conftest import call_as, make_caller
@@ -171,13 +171,17 @@ async def test_reject_suppress_update_delete(client, app, fleet_repo) -> None:  
     rejected = _ok(await client.call_tool("system_gitops_reject_proposal",
                                           {"proposal_id": run["proposal_ids"][0], "reason": "not now"}))
     assert rejected["proposal"]["status"] == "rejected"
-    missing = await client.call_tool("system_gitops_suppress_drift", {"kind": "template", "name": "web",
-                                                                      "reason": "x"})
-    assert missing.is_error and "does not exist" in missing.content[0].text
-    _ok(await client.call_tool("system_put_template", {"name": "web", "spec": {}}))
-    sup = _ok(await client.call_tool("system_gitops_suppress_drift", {
-        "kind": "template", "name": "web", "reason": "hand-managed", "until": "2999-01-01T00:00:00Z"}))
+    # Suppressing drift hides a change from review: the shipped policy asks the person at the client.
+    asked: list[str] = []
+    async with Client(build_server(app)[0], elicitation_callback=_answer(asked)) as asking:
+        missing = await asking.call_tool("system_gitops_suppress_drift", {"kind": "template", "name": "web",
+                                                                          "reason": "x"})
+        assert missing.is_error and "does not exist" in missing.content[0].text
+        _ok(await asking.call_tool("system_put_template", {"name": "web", "spec": {}}))
+        sup = _ok(await asking.call_tool("system_gitops_suppress_drift", {
+            "kind": "template", "name": "web", "reason": "hand-managed", "until": "2999-01-01T00:00:00Z"}))
     assert sup["suppression"]["suppressed"] is True and sup["suppression"]["until"].startswith("2999-01-01")
+    assert len(asked) == 2 and all("system_gitops_suppress_drift" in q for q in asked), asked
 
     upd = _ok(await client.call_tool("system_gitops_update_repository", {"repository_id": repo_id,
                                                                          "auto_apply": True}))
@@ -243,7 +247,7 @@ async def test_sync_over_https_with_a_stored_credential(client, app, fleet_repo,
     async with app.sessionmaker() as s, s.begin():
         await CredentialStore(app.transit).store(s, account_id=app.stdio_caller.account_id, name="git-deploy",
                                                  kind="git_https", secret=SecretStr("ghp-Secret-123"),
-                                                 metadata={"username": "deploy"})
+                                                 metadata={"username": "deploy", "host": server.netloc})
     with server:
         repo = _ok(await client.call_tool("system_gitops_register_repository", {
             "name": "remote", "repo_url": server.url("fleet.git"), "credential": "git-deploy"}))["repository"]
@@ -255,7 +259,7 @@ async def test_sync_over_https_with_a_stored_credential(client, app, fleet_repo,
         async with app.sessionmaker() as s, s.begin():
             await CredentialStore(app.transit).store(s, account_id=app.stdio_caller.account_id, name="git-deploy",
                                                      kind="git_https", secret=SecretStr("wrong-Secret-456"),
-                                                     metadata={"username": "deploy"})
+                                                     metadata={"username": "deploy", "host": server.netloc})
         bad = _ok(await client.call_tool("system_gitops_sync_repository", {"repository_id": repo["id"]}))["sync_run"]
         assert (bad["status"], bad["stage"]) == ("failed", "fetch") and "authentication failed" in bad["error"]
         assert "wrong-Secret" not in json.dumps(bad)
@@ -263,6 +267,5 @@ async def test_sync_over_https_with_a_stored_credential(client, app, fleet_repo,
     async with app.sessionmaker() as s, s.begin():
         await CredentialStore(app.transit).store(s, account_id=app.stdio_caller.account_id, name="api",
                                                  kind="api_key", secret=SecretStr("k"))
-    _ok(await client.call_tool("system_gitops_update_repository", {"repository_id": repo["id"], "credential": "api"}))
-    odd = _ok(await client.call_tool("system_gitops_sync_repository", {"repository_id": repo["id"]}))["sync_run"]
-    assert odd["status"] == "failed" and "git needs git_https or git_ssh" in odd["error"]
+    odd = await client.call_tool("system_gitops_update_repository", {"repository_id": repo["id"], "credential": "api"})
+    assert odd.is_error and "git needs git_https or git_ssh" in odd.content[0].text

@@ -42,7 +42,7 @@ EXPECTED: dict[str, tuple[str, bool]] = {
     "system_gitops_apply_proposal": (R, False),
     "system_gitops_apply_sync_run": (R, False),
     "system_gitops_reject_proposal": (A, False),
-    "system_gitops_suppress_drift": (A, False),
+    "system_gitops_suppress_drift": (R, False),
     # Live fleet state
     "system_list_templates": (A, False),
     "system_list_modules": (A, False),
@@ -58,7 +58,7 @@ EXPECTED: dict[str, tuple[str, bool]] = {
     "system_delete_module": (R, False),
     "system_delete_provider_config": (R, False),
     "system_assign_module_to_template": (A, False),
-    "system_unassign_module_from_template": (A, False),
+    "system_unassign_module_from_template": (R, False),
     "system_recent_signals": (A, False),
     # SD-WAN federation
     "system_sdwan_propose_federation_peer": (R, False),

@@ -169,10 +169,10 @@ def check_kind(kind: str) -> str:
 def name_error(kind: str, name: str) -> str | None:
     """Why `name` is not a valid name for `kind`, or None when it is."""
     if kind == "assignment":
-        if not isinstance(name, str) or not _ASSIGNMENT_RE.match(name):
+        if not isinstance(name, str) or not _ASSIGNMENT_RE.fullmatch(name):
             return "assignment names are '<template>:<module>', each part 1-128 letters, digits, '.', '_' or '-'"
         return None
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         return "names are 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
     return None
 
@@ -191,7 +191,7 @@ def assignment_name(template: str, module: str) -> str:
 
 def split_assignment_name(name: str) -> tuple[str, str]:
     """ "web:nginx" → ("web", "nginx")."""
-    m = _ASSIGNMENT_RE.match(name)
+    m = _ASSIGNMENT_RE.fullmatch(name)
     if not m:
         raise InvalidArgument(f"invalid assignment name {name!r}", hint="use '<template>:<module>'", name=name)
     return m.group(1), m.group(2)

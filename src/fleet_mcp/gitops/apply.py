@@ -47,8 +47,13 @@ class ApplyResult:
         return [{"proposal_id": p.id, "status": p.status, "error": p.error} for p in self.proposals]
 
 
-async def get_proposal(session: AsyncSession, *, account_id: int, proposal_id: int) -> GitOpsProposal:
+async def get_proposal(
+    session: AsyncSession, *, account_id: int, proposal_id: int, for_update: bool = False
+) -> GitOpsProposal:
     stmt = select(GitOpsProposal).where(GitOpsProposal.id == proposal_id, GitOpsProposal.account_id == account_id)
+    if for_update:
+        # Waits for a concurrent apply of the same proposal and then reads its committed status.
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     p = (await session.execute(stmt)).scalar_one_or_none()
     if p is None:
         raise NotFound(
@@ -85,8 +90,15 @@ async def apply_proposal(
     applied_by: str | None = None,
     now: dt.datetime | None = None,
 ) -> ApplyResult:
-    """Apply one proposal. Conflict if it is not pending (or stale, with force)."""
-    p = await get_proposal(session, account_id=account_id, proposal_id=proposal_id)
+    """Apply one proposal. Conflict if it is not pending (or stale, with force).
+
+    The proposal row is locked first: on PostgreSQL a concurrent apply of the same proposal waits
+    here and then sees it applied (without the lock both read `pending`, the second hit the
+    first's new row as a duplicate key and marked an applied proposal `failed`)."""
+    p = await get_proposal(session, account_id=account_id, proposal_id=proposal_id, for_update=True)
+    if p.status == "applied":
+        raise Conflict(f"proposal {p.id} was already applied", hint="nothing to do; sync again for new changes",
+                       proposal_id=p.id, status=p.status)
     if p.status not in _applicable(force):
         hint = (
             "apply it with force=true (needs approval), or sync again for a fresh proposal"
@@ -112,6 +124,8 @@ async def apply_sync_run(
     proposals: list[GitOpsProposal] = []
     if ids:
         # `fields` (the review diff) is not needed to apply; skipping it halves the load of a big run.
+        # Locked in id order (no deadlock between two applies): a concurrent apply of the same run
+        # waits here, and PostgreSQL then re-checks the status filter on the committed rows.
         stmt = (
             select(GitOpsProposal)
             .options(defer(GitOpsProposal.fields))
@@ -120,9 +134,18 @@ async def apply_sync_run(
                 GitOpsProposal.account_id == account_id,
                 GitOpsProposal.status.in_(_applicable(force)),
             )
+            .order_by(GitOpsProposal.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
         proposals = list((await session.execute(stmt)).scalars().all())
     if not proposals:
+        statuses = set(
+            (await session.execute(select(GitOpsProposal.status).where(GitOpsProposal.id.in_(ids)))).scalars()
+        ) if ids else set()
+        if statuses == {"applied"}:
+            raise Conflict(f"sync run {run.id} was already applied", hint="nothing to do; sync again for new changes",
+                           sync_run_id=run.id)
         raise Conflict(
             f"sync run {run.id} has no {'pending or stale' if force else 'pending'} proposals",
             hint="sync again to open proposals, or list them with system_gitops_list_proposals",
@@ -396,7 +419,8 @@ async def reject_proposal(
         raise InvalidArgument("a reason is required to reject a proposal", hint="say why, for the audit trail")
     if len(reason) > MAX_REASON:
         raise InvalidArgument(f"the reason is longer than {MAX_REASON} characters")
-    p = await get_proposal(session, account_id=account_id, proposal_id=proposal_id)
+    # Locked like an apply: a reject racing an apply's commit waits and then sees it applied.
+    p = await get_proposal(session, account_id=account_id, proposal_id=proposal_id, for_update=True)
     if p.status not in ("pending", "stale"):
         raise Conflict(
             f"proposal {p.id} is {p.status}",

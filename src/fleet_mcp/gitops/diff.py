@@ -251,7 +251,7 @@ def _empty(v: Any) -> bool:
 
 
 def _key_path(prefix: str, key: str) -> str:
-    if _PLAIN_KEY.match(key):
+    if _PLAIN_KEY.fullmatch(key):
         return f"{prefix}.{key}" if prefix else key
     return f"{prefix}[{json.dumps(key)}]"
 

@@ -30,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from fleet_mcp.errors import ExternalError, InvalidArgument, NotFound
 from fleet_mcp.gitops.fleetfile import MAX_BYTES
-from fleet_mcp.gitops.urls import fleet_file_path, validate_branch, validate_path_prefix, validate_repo_url
+from fleet_mcp.gitops.urls import (
+    RepoURL,
+    fleet_file_path,
+    validate_branch,
+    validate_path_prefix,
+    validate_repo_url,
+)
 
 DEFAULT_TIMEOUT = 60.0
 _SYMLINK_MODE = 0o120000
@@ -45,6 +51,10 @@ class GitCredential(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["git_https", "git_ssh"]
+    #: The stored credential's name (for messages) and the `host[:port]` it is bound to: git is run
+    #: with it only for a repository URL on exactly that host (`urls.host_key`).
+    name: str | None = None
+    host: str | None = None
     username: str | None = None
     password: SecretStr | None = None
     private_key: SecretStr | None = None
@@ -94,6 +104,7 @@ def fetch_fleet_file(
             raise InvalidArgument("an https repository needs a git_https credential (username and password/token)")
         if parsed.transport == "ssh" and credential.kind != "git_ssh":
             raise InvalidArgument("an ssh repository needs a git_ssh credential (private key)")
+        check_credential_host(credential, parsed)
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     bare = cache_path(cache_dir, parsed.url)
     deadline = time.monotonic() + timeout
@@ -123,6 +134,8 @@ def fetch_fleet_file(
                     "fetch.recurseSubmodules=false",
                     "-c",
                     "protocol.version=2",
+                    "-c",
+                    "http.followRedirects=false",
                     "fetch",
                     "--quiet",
                     "--depth=1",
@@ -144,6 +157,28 @@ def fetch_fleet_file(
         return _read_blob(bare, ref, fleet_file_path(prefix))
 
 
+def check_credential_host(credential: GitCredential, parsed: RepoURL) -> None:
+    """Refuse to hand a credential to any host but the one it was stored for (no secret in the message)."""
+    if parsed.transport == "local":
+        return  # git asks no credential for a local path; nothing leaves the machine
+    label = repr(credential.name) if credential.name else "the stored credential"
+    if credential.host is None:
+        raise InvalidArgument(
+            f"credential {label} is not bound to a host",
+            hint="store it again with metadata.host set to the git server's host (e.g. github.com)",
+            credential=credential.name,
+        )
+    if credential.host != parsed.host:
+        raise InvalidArgument(
+            f"credential {label} is bound to host {credential.host}, but the repository is on {parsed.host}; "
+            "a credential is only ever sent to the host it was stored for",
+            hint=f"store a credential for {parsed.host} (system_vault_store_credential with "
+            f"metadata.host={parsed.host}) and pass its name as `credential`",
+            credential=credential.name,
+            host=parsed.host,
+        )
+
+
 def _read_blob(bare: Path, ref: str, path: str) -> FetchResult:
     repo = git.Repo(bare)
     try:
@@ -158,7 +193,13 @@ def _read_blob(bare: Path, ref: str, path: str) -> FetchResult:
                     path=path,
                     revision=commit.hexsha,
                 )
-            entry = next((e for e in node if e.name == part), None)  # exact name match, no path parsing
+            # `join` compares the raw entry names exactly and builds only the matching entry. Iterating
+            # the tree would build every entry, and a submodule entry (a gitlink) raises on `.name` in a
+            # bare cache with no .gitmodules: a gitlink anywhere before fleet.yaml broke every sync.
+            try:
+                entry = node.join(part)
+            except KeyError:
+                entry = None
             if entry is None:
                 raise NotFound(
                     f"{path} not found at commit {commit.hexsha[:12]}",
@@ -176,6 +217,7 @@ def _read_blob(bare: Path, ref: str, path: str) -> FetchResult:
             if entry.mode == _SUBMODULE_MODE:
                 raise InvalidArgument(
                     f"{'/'.join(parts[: i + 1])} is a submodule; submodules are not followed",
+                    hint="commit fleet.yaml in this repository itself, or point path_prefix at a regular folder",
                     path=path,
                     revision=commit.hexsha,
                 )
@@ -342,6 +384,12 @@ def _classify(stderr: str, *, what: str, branch: str | None) -> Exception:
     lines = [m.group(2).strip() for m in _FATAL.finditer(stderr)] or [stderr.strip()]
     detail = "; ".join(x for x in lines if x)[:400] or "no output"
     low = stderr.lower()
+    if re.search(r"returned error: 30[12378]\b", low):
+        return ExternalError(
+            f"{what}: the server answered with a redirect, and redirects are not followed "
+            "(a stored credential must never reach another host)",
+            hint="register the URL the server redirects to (with a credential stored for that host)",
+        )
     if "couldn't find remote ref" in low:
         return NotFound(
             f"branch {branch!r} does not exist in the repository", hint="check the branch name", branch=branch

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.errors import Conflict, InvalidArgument, NotFound
 from fleet_mcp.fleet.store import MANUAL, MODEL_BY_KIND, bump_generation, gitops_owner
+from fleet_mcp.gitops.credentials import CredentialSource, check_pairing
 from fleet_mcp.gitops.models import GitOpsProposal, GitOpsRepository, GitOpsSyncRun
 from fleet_mcp.gitops.urls import validate_branch, validate_path_prefix, validate_repo_url
 
@@ -28,7 +29,7 @@ UNSET: Any = _Unset()
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid repository name {name!r}",
             hint="use 1-120 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -39,7 +40,7 @@ def _check_name(name: str) -> str:
 def _check_credential(name: str | None) -> str | None:
     if name is None or name == "":
         return None
-    if not _CREDENTIAL_RE.match(name):
+    if not _CREDENTIAL_RE.fullmatch(name):
         raise InvalidArgument(
             "invalid credential name",
             hint="pass the *name* of a stored credential (system_vault_list_credentials), never a secret",
@@ -60,13 +61,19 @@ async def register_repository(
     enabled: bool = True,
     allow_empty: bool = False,
     allow_local: bool = False,
+    credentials: CredentialSource | None = None,
 ) -> GitOpsRepository:
-    """Register a repository (URL, branch, prefix and credential name validated; names unique per account)."""
+    """Register a repository (URL, branch, prefix and credential name validated; names unique per account).
+
+    With `credentials` (the vault's store), a named credential must be a git credential bound to the
+    URL's host (`credentials.check_pairing`); the fetch checks the binding again before git runs."""
     _check_name(name)
     url = validate_repo_url(repo_url, allow_local=allow_local).url
     branch = validate_branch(branch)
     prefix = validate_path_prefix(path_prefix)
     credential = _check_credential(credential)
+    if credential is not None and credentials is not None:
+        await check_pairing(session, credentials, account_id, credential, url, allow_local=allow_local)
     existing = (
         await session.execute(
             select(GitOpsRepository.id).where(GitOpsRepository.account_id == account_id, GitOpsRepository.name == name)
@@ -137,10 +144,12 @@ async def update_repository(
     auto_apply: bool | None = None,
     enabled: bool | None = None,
     allow_empty: bool | None = None,
+    credentials: CredentialSource | None = None,
 ) -> GitOpsRepository:
     """Change settings; a changed branch or prefix forgets the fetched state and supersedes pending proposals.
 
-    `credential=None` or `""` removes the credential; leave it UNSET to keep it.
+    `credential=None` or `""` removes the credential; leave it UNSET to keep it. A new credential is
+    checked against the repository's host like at registration (when `credentials` is given).
     """
     repo = await get_repository(session, account_id=account_id, repository_id=repository_id)
     source_changed = False
@@ -153,7 +162,11 @@ async def update_repository(
             repo.path_prefix = prefix
             source_changed = True
     if not isinstance(credential, _Unset):
-        repo.credential = _check_credential(credential)
+        new = _check_credential(credential)
+        if new is not None and credentials is not None:
+            # The stored URL was validated when it was registered: only its host matters here.
+            await check_pairing(session, credentials, account_id, new, repo.repo_url, allow_local=True)
+        repo.credential = new
     if auto_apply is not None:
         repo.auto_apply = auto_apply
     if enabled is not None:

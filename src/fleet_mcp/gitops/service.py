@@ -29,6 +29,7 @@ from fleet_mcp.gitops.repositories import (
 )
 from fleet_mcp.gitops.sync import (
     DriftReport,
+    Prefetched,
     RepoSource,
     claim_sync,
     drift_report,
@@ -43,6 +44,7 @@ SYNC_RUN_STATUSES = ("running", "success", "partial", "failed")
 
 __all__ = [
     "PROPOSAL_STATUSES",
+    "Prefetched",
     "RepoSource",
     "SYNC_RUN_STATUSES",
     "UNSET",

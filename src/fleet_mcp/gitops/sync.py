@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -109,44 +108,50 @@ async def fetch_source(
     return await anyio.to_thread.run_sync(call)
 
 
+@dataclass(frozen=True)
+class Prefetched:
+    """The outcome of a fetch done before the caller's unit of work, with the source it was done for.
+
+    A sync (or drift report) uses it only while the repository row still names that same source
+    (URL, branch, path_prefix, credential); otherwise it fetches again, so a change that lands
+    between the prefetch and the sync never records the old source's content."""
+
+    source: RepoSource
+    outcome: FetchResult | FleetError
+
+
 async def prefetch(
-    sessionmaker: Any,
+    session: AsyncSession,
     *,
     account_id: int,
     repository_id: int,
     options: GitOpsOptions,
-    make_resolver: Callable[[AsyncSession], CredentialResolver | None] | None = None,
-) -> FetchResult | FleetError:
-    """Fetch outside any caller transaction: read the source and credential in a short session of
-    its own, then run git with no database lock held. Pass the result to `sync_repository(prefetched=)`."""
-    async with sessionmaker() as session, session.begin():
-        repo = await get_repository(session, account_id=account_id, repository_id=repository_id)
-        source = RepoSource.of(repo)
-        credential = None
-        if source.credential:
-            resolver = make_resolver(session) if make_resolver else None
-            if resolver is None:
-                return ExternalError(
-                    f"repository {source.repository_id} uses credential {source.credential!r} but no credential "
-                    "store is available"
-                )
-            try:
-                credential = await resolver(source.credential)
-            except FleetError as exc:
-                return exc
+    resolve_credential: CredentialResolver | None = None,
+) -> Prefetched:
+    """Fetch outside any write transaction: read the source (and resolve its credential) with the
+    caller's *read* session, then run git in a worker thread. Raises NotFound for an unknown
+    repository; a failed credential or fetch is carried in `outcome`. Pass the result to
+    `sync_repository(prefetched=)` / `drift_report(prefetched=)`."""
+    repo = await get_repository(session, account_id=account_id, repository_id=repository_id)
+    source = RepoSource.of(repo)
     try:
-        return await anyio.to_thread.run_sync(
-            functools.partial(
-                fetch_fleet_file,
-                source.repo_url,
-                source.branch,
-                source.path_prefix,
-                cache_dir=options.cache_dir,
-                allow_local=options.allow_local_repos,
-                timeout=options.git_timeout,
-                credential=credential,
-            )
-        )
+        return Prefetched(source, await fetch_source(source, options, resolve_credential))
+    except FleetError as exc:
+        return Prefetched(source, exc)
+
+
+async def _fetch_for(
+    repo: GitOpsRepository,
+    options: GitOpsOptions,
+    resolve_credential: CredentialResolver | None,
+    prefetched: Prefetched | None,
+) -> FetchResult | FleetError:
+    """The prefetched outcome if it was fetched for the row's current source, else a fetch now."""
+    source = RepoSource.of(repo)
+    if prefetched is not None and prefetched.source == source:
+        return prefetched.outcome
+    try:
+        return await fetch_source(source, options, resolve_credential)
     except FleetError as exc:
         return exc
 
@@ -221,13 +226,14 @@ async def sync_repository(
     resolve_credential: CredentialResolver | None = None,
     triggered_by: str | None = None,
     claim_token: str | None = None,
-    prefetched: FetchResult | FleetError | None = None,
+    prefetched: Prefetched | None = None,
     now: dt.datetime | None = None,
 ) -> GitOpsSyncRun:
     """Fetch, parse, diff and open proposals; returns the sync run (also when it failed).
 
-    `prefetched` is the outcome of `fetch_source` done by the caller outside its transaction (so a
-    slow git server never holds a database lock); without it the fetch happens here.
+    `prefetched` is the outcome of `prefetch` done by the caller outside its transaction (so a slow
+    git server never holds a database lock); without it, or when the repository's source changed
+    since (branch, path_prefix, URL or credential), the fetch happens here.
     Raises NotFound (no such repository), Conflict (disabled) or Busy (another sync holds the claim).
     """
     now = now or utcnow()
@@ -241,18 +247,9 @@ async def sync_repository(
     if _claim_is_fresh(repo, now, options) and repo.sync_claim != claim_token:
         raise _busy(repo)
 
-    source = RepoSource.of(repo)
-    fetched: FetchResult | None = None
-    fetch_error: FleetError | None = None
-    if isinstance(prefetched, FetchResult):
-        fetched = prefetched
-    elif isinstance(prefetched, FleetError):
-        fetch_error = prefetched
-    else:
-        try:
-            fetched = await fetch_source(source, options, resolve_credential)
-        except FleetError as exc:
-            fetch_error = exc
+    outcome = await _fetch_for(repo, options, resolve_credential, prefetched)
+    fetched = outcome if isinstance(outcome, FetchResult) else None
+    fetch_error = outcome if isinstance(outcome, FleetError) else None
 
     token = await claim_sync(
         session,
@@ -375,10 +372,14 @@ async def _propose(
     now: dt.datetime,
 ) -> tuple[dict[str, int], list[int]]:
     """Open one proposal per change up to the cap; reuse identical pending ones; supersede outdated ones."""
+    # Locked (id order, like apply): a proposal an apply is committing right now is waited for and, once
+    # applied, no longer matches `pending` (PostgreSQL re-checks the filter), so it is never superseded.
     stmt = (
         select(GitOpsProposal)
         .where(GitOpsProposal.repository_id == repo.id, GitOpsProposal.status == "pending")
         .order_by(GitOpsProposal.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     pending: dict[tuple[str, str], list[GitOpsProposal]] = {}
     for p in (await session.execute(stmt)).scalars():
@@ -462,18 +463,16 @@ async def drift_report(
     options: GitOpsOptions,
     resolve_credential: CredentialResolver | None = None,
     now: dt.datetime | None = None,
-    prefetched: FetchResult | FleetError | None = None,
+    prefetched: Prefetched | None = None,
 ) -> DriftReport:
     """Fetch, parse and diff like a sync, but write nothing (errors are raised, not recorded).
-    `prefetched` is the outcome of `prefetch` done before the caller's transaction opened."""
+    `prefetched` is the outcome of `prefetch` done before the caller's transaction opened (used only
+    while the repository still names the source it was fetched for)."""
     now = now or utcnow()
     repo = await get_repository(session, account_id=account_id, repository_id=repository_id)
-    if isinstance(prefetched, FleetError):
-        raise prefetched
-    if isinstance(prefetched, FetchResult):
-        fetched = prefetched
-    else:
-        fetched = await fetch_source(RepoSource.of(repo), options, resolve_credential)
+    fetched = await _fetch_for(repo, options, resolve_credential, prefetched)
+    if isinstance(fetched, FleetError):
+        raise fetched
     desired = parse_fleet_file(fetched.content)
     return await _report(session, repo.id, account_id, desired, fetched.commit, now)
 

@@ -29,17 +29,53 @@ _HOST = re.compile(
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _SCP = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:\[\]]+):(?P<path>.*)$")
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9._~/+@%=,-]*$")
-_BRANCH_CHARS = re.compile(r"^[A-Za-z0-9._/+-]+$")
+_BRANCH_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")  # used with fullmatch: `$` would accept a trailing newline
 
 Transport = Literal["https", "ssh", "local"]
 
 
+_DEFAULT_PORT = {"https": 443, "ssh": 22}
+
+
 @dataclass(frozen=True)
 class RepoURL:
-    """A validated repository URL and the transport git will use for it."""
+    """A validated repository URL, the transport git will use for it and the host it talks to.
+
+    `host` is the lower-cased host name (IPv6 in brackets) plus `:port` when a port other than the
+    transport's default is given; None for local repositories. A stored git credential is bound to
+    exactly this value (see `gitops.credentials`)."""
 
     url: str
     transport: Transport
+    host: str | None = None
+
+
+def host_key(transport: str, host: str, port: int | None) -> str:
+    """`host[:port]` as compared with a credential's binding (default port dropped, name lower-cased)."""
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host if port is None or port == _DEFAULT_PORT.get(transport) else f"{host}:{port}"
+
+
+def parse_bound_host(value: object, transport: str) -> str:
+    """Normalise the `host` a credential is bound to ('github.com', 'git.example:8443', '[::1]:2222')."""
+    hint = "set metadata.host to the host name the credential is for, e.g. github.com or git.example:8443"
+    if not isinstance(value, str) or not value or len(value) > 300 or _CTRL_OR_SPACE.search(value):
+        raise InvalidArgument("the credential's metadata.host is missing or not a host name", hint=hint)
+    try:
+        parts = urlsplit(f"//{value}")
+        port = parts.port
+    except ValueError:
+        raise InvalidArgument("the credential's metadata.host is not a host[:port]", hint=hint) from None
+    if parts.netloc != value or parts.path or parts.query or parts.fragment or "@" in value or not parts.hostname:
+        raise InvalidArgument("the credential's metadata.host must be a bare host[:port] (no scheme, user or path)",
+                              hint=hint)
+    try:
+        _check_host(value, parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]")
+    except InvalidArgument:
+        raise InvalidArgument("the credential's metadata.host is not a valid host name", hint=hint) from None
+    return host_key(transport, parts.hostname, port)
 
 
 def _refuse(url: str, problem: str, hint: str = f"use {_ACCEPTED}") -> InvalidArgument:
@@ -58,7 +94,7 @@ def _check_host(url: str, host: str | None) -> str:
         return host
     except ValueError:
         pass
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise _refuse(url, "the host is not a valid host name")
     return host
 
@@ -68,7 +104,7 @@ def _check_repo_path(url: str, path: str) -> None:
         raise _refuse(url, "no repository path")
     if path.startswith("-") or "/-" in path:
         raise _refuse(url, "a path component looks like a command-line option")
-    if not _PATH_CHARS.match(path):
+    if not _PATH_CHARS.fullmatch(path):
         raise _refuse(url, "the path contains characters git URLs do not need")
     if any(part == ".." for part in path.split("/")):
         raise _refuse(url, "the path contains '..'")
@@ -114,7 +150,7 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
                 "credentials inside the URL are not allowed",
                 hint="store them with system_vault_store_credential and pass credential=<name>",
             )
-        if "@" in parts.netloc and (parts.username is None or not _USER.match(parts.username)):
+        if "@" in parts.netloc and (parts.username is None or not _USER.fullmatch(parts.username)):
             raise _refuse(url, "the user name is not valid")
         if parts.query or parts.fragment:
             raise _refuse(url, "query strings and fragments are not allowed")
@@ -124,7 +160,8 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
             raise _refuse(url, "the host looks like a command-line option")
         _check_host(url, parts.hostname)
         _check_repo_path(url, parts.path.lstrip("/"))
-        return RepoURL(url, "https" if scheme == "https" else "ssh")
+        transport: Transport = "https" if scheme == "https" else "ssh"
+        return RepoURL(url, transport, host_key(transport, parts.hostname or "", port))
 
     if url.startswith("/"):
         if not allow_local:
@@ -139,7 +176,7 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
     m = _SCP.match(url)
     if m and "/" not in url.split(":", 1)[0]:
         user, host, path = m.group("user"), m.group("host"), m.group("path")
-        if user is not None and not _USER.match(user):
+        if user is not None and not _USER.fullmatch(user):
             raise _refuse(
                 url,
                 "the user name is not valid (and passwords are never accepted)",
@@ -149,7 +186,7 @@ def validate_repo_url(url: str, *, allow_local: bool = False) -> RepoURL:
         if path.startswith("//"):
             raise _refuse(url, "not a valid scp-like address")
         _check_repo_path(url, path.lstrip("/"))
-        return RepoURL(url, "ssh")
+        return RepoURL(url, "ssh", host_key("ssh", host, None))
     raise _refuse(url, "not a recognised git URL (relative paths are never accepted)")
 
 
@@ -163,12 +200,27 @@ def _check_local_path(url: str, path: str) -> None:
 
 
 def validate_branch(branch: str) -> str:
-    """A branch name git accepts and cannot mistake for an option or a revision expression."""
-    hint = "use a plain branch name such as main or release/2026-07"
+    """A branch name git accepts and cannot mistake for an option, a refspec or a revision expression.
+
+    The name is the short one (`main`, `release/2026-07`): the fetch builds `refs/heads/<branch>` itself,
+    so a full ref would fetch `refs/heads/refs/heads/main`, and a leading '+' would read as a forced refspec.
+    """
+    hint = (
+        "use a plain branch name such as main or release/2026-07: letters, digits, '.', '_', '-', '/' "
+        "(and '+' inside), without refs/heads/, a leading '+', '-', '.' or '/', '..' or a trailing '.lock'"
+    )
     if not isinstance(branch, str) or not branch:
         raise InvalidArgument("branch must not be empty", hint=hint)
-    if len(branch) > MAX_BRANCH_LENGTH or not _BRANCH_CHARS.match(branch):
+    if _CTRL.search(branch):
+        raise InvalidArgument("branch contains control characters (e.g. a newline)", hint=hint)
+    if len(branch) > MAX_BRANCH_LENGTH:
+        raise InvalidArgument(f"branch is longer than {MAX_BRANCH_LENGTH} characters", hint=hint)
+    if not _BRANCH_CHARS.fullmatch(branch):
         raise InvalidArgument(f"branch {branch[:80]!r} contains characters that are not allowed", hint=hint)
+    if branch.startswith("+"):
+        raise InvalidArgument(f"branch {branch!r} may not start with '+' (that marks a forced refspec)", hint=hint)
+    if branch.startswith("refs/") or branch in ("refs", "heads") or branch.startswith("heads/"):
+        raise InvalidArgument(f"branch {branch!r} is not a full ref: give only the branch's name", hint=hint)
     if (
         branch.startswith(("-", "/", "."))
         or branch.endswith(("/", ".", ".lock"))

@@ -1,29 +1,44 @@
 """GitOps tools: repositories, sync, drift report, proposals, apply/reject, drift suppression.
 
 Thin: each validates its input, calls `fleet_mcp.gitops.service` in the call's unit of work and
-shapes the result. Apply tools carry an approval summary that shows the field-level diff.
+shapes the result (result models in `fleet_mcp.gitops.schemas`). Apply tools carry an approval
+summary that shows the field-level diff.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncSession
+from pydantic import Field
 
 from fleet_mcp.context import ToolContext
 from fleet_mcp.errors import FleetError
 from fleet_mcp.gitops import service
-from fleet_mcp.gitops.credentials import store_resolver
-from fleet_mcp.gitops.models import GitOpsProposal, GitOpsRepository, GitOpsSyncRun
+from fleet_mcp.gitops.credentials import CredentialSource, store_resolver
+from fleet_mcp.gitops.models import GitOpsProposal
 from fleet_mcp.gitops.options import CredentialResolver, GitOpsOptions
+from fleet_mcp.gitops.schemas import (
+    ApplyOutcomeOut,
+    ApplyProposalOut,
+    ApplySyncRunOut,
+    DriftReportOut,
+    ProposalItemOut,
+    ProposalOut,
+    ProposalsOut,
+    RepositoriesOut,
+    RepositoryDeletedOut,
+    RepositoryDetailOut,
+    RepositoryItemOut,
+    RepositoryOut,
+    SuppressionItemOut,
+    SuppressionOut,
+    SyncRunItemOut,
+    SyncRunOut,
+    SyncRunsOut,
+)
 from fleet_mcp.registry import Args, NoArgs, tool
-
-if TYPE_CHECKING:
-    from fleet_mcp.app import App
 
 GITOPS: dict[str, Any] = {"toolset": "gitops"}
 READ = "system.gitops.read"
@@ -39,168 +54,32 @@ def _options(ctx: ToolContext) -> GitOpsOptions:
     return GitOpsOptions.from_settings(ctx.app.settings)
 
 
+def _credentials(ctx: ToolContext) -> CredentialSource | None:
+    """The vault credential store (metadata reads for register/update pairing checks), if configured."""
+    if ctx.app.transit is None:
+        return None
+    from fleet_mcp.vault.credentials import CredentialStore
+
+    return CredentialStore(ctx.app.transit)
+
+
 def _resolver(ctx: ToolContext) -> CredentialResolver | None:
-    return _resolver_for(ctx.app, ctx.principal.account_id)(ctx.session)
-
-
-def _resolver_for(app: App, account_id: int) -> Callable[[AsyncSession], CredentialResolver | None]:
-    def make(session: AsyncSession) -> CredentialResolver | None:
-        if app.transit is None:
-            return None
-        from fleet_mcp.vault.credentials import CredentialStore
-
-        return store_resolver(session, CredentialStore(app.transit), account_id)
-
-    return make
+    """Stored credentials by name, read with the call's session (decrypted only when git needs one)."""
+    store = _credentials(ctx)
+    return None if store is None else store_resolver(ctx.session, store, ctx.principal.account_id)
 
 
 async def _prefetch(ctx: ToolContext, args: RepositoryIdArgs) -> Any:
-    """Run git before the unit of work opens: no database lock is held while the fetch runs."""
-    app = ctx.app
+    """Run git before the unit of work opens: no database lock is held while the fetch runs.
+
+    `ctx.session` is read-only here; the handler uses the result only if the repository still names
+    the same source (URL, branch, path_prefix, credential) when its unit of work runs."""
     try:
-        return await service.prefetch(app.read_sessionmaker, account_id=ctx.principal.account_id,
-                                      repository_id=args.repository_id,
-                                      options=GitOpsOptions.from_settings(app.settings),
-                                      make_resolver=_resolver_for(app, ctx.principal.account_id))
+        return await service.prefetch(ctx.session, account_id=ctx.principal.account_id,
+                                      repository_id=args.repository_id, options=_options(ctx),
+                                      resolve_credential=_resolver(ctx))
     except FleetError:
         return None  # e.g. unknown repository: the handler reports it from inside the unit of work
-
-
-# -- results -------------------------------------------------------------------------------------
-
-
-class RepositoryOut(BaseModel):
-    id: int
-    name: str
-    repo_url: str
-    branch: str
-    path_prefix: str
-    credential: str | None = Field(description="Name of the stored credential (never the secret).")
-    auto_apply: bool
-    enabled: bool
-    allow_empty: bool = Field(description="Whether a render that deletes every live resource is allowed.")
-    last_status: str = Field(description="never | success | partial | failed")
-    last_synced_revision: str | None
-    last_synced_at: dt.datetime | None
-    last_error: str | None
-    last_fetched_revision: str | None
-    drift_detected: bool
-    drift_count: int
-    drift_checked_at: dt.datetime | None
-    created_at: dt.datetime | None
-
-    @classmethod
-    def of(cls, r: GitOpsRepository) -> RepositoryOut:
-        return cls(
-            id=r.id,
-            name=r.name,
-            repo_url=r.repo_url,
-            branch=r.branch,
-            path_prefix=r.path_prefix,
-            credential=r.credential,
-            auto_apply=r.auto_apply,
-            enabled=r.enabled,
-            allow_empty=r.allow_empty,
-            last_status=r.last_status,
-            last_synced_revision=r.last_synced_revision,
-            last_synced_at=r.last_synced_at,
-            last_error=r.last_error,
-            last_fetched_revision=r.last_fetched_revision,
-            drift_detected=r.drift_detected,
-            drift_count=r.drift_count,
-            drift_checked_at=r.drift_checked_at,
-            created_at=r.created_at,
-        )
-
-
-class SyncRunOut(BaseModel):
-    id: int
-    repository_id: int
-    status: str = Field(description="running | success | partial | failed")
-    revision: str | None = Field(description="The fetched commit.")
-    diff_count: int
-    diff_summary: dict[str, Any] = Field(description="Changes by kind and by action; opened/reused/superseded.")
-    proposal_ids: list[int] = Field(description="One proposal per change (opened now or identical ones reused).")
-    truncated: bool = Field(description="True when max_proposals_per_sync left changes unopened (status partial).")
-    error: str | None
-    stage: str | None = Field(description="fetch | parse | diff — where a failed run stopped.")
-    triggered_by: str | None
-    started_at: dt.datetime
-    finished_at: dt.datetime | None
-
-    @classmethod
-    def of(cls, r: GitOpsSyncRun) -> SyncRunOut:
-        return cls(
-            id=r.id,
-            repository_id=r.repository_id,
-            status=r.status,
-            revision=r.revision,
-            diff_count=r.diff_count,
-            diff_summary=r.diff_summary or {},
-            proposal_ids=[int(i) for i in r.proposal_ids or []],
-            truncated=r.truncated,
-            error=r.error,
-            stage=r.stage,
-            triggered_by=r.triggered_by,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-        )
-
-
-class FieldChangeOut(BaseModel):
-    path: str = Field(description="Dotted path of the changed leaf, e.g. config.tls.protocols.")
-    live: Any = Field(description="Current live value (secrets masked as ***), null when absent.")
-    desired: Any = Field(description="Value in git (secrets masked), null when absent.")
-
-
-class ProposalOut(BaseModel):
-    id: int
-    repository_id: int
-    sync_run_id: int
-    revision: str
-    kind: str
-    name: str
-    action: str = Field(description="create | update | delete")
-    fields: list[FieldChangeOut]
-    desired: dict[str, Any] | None = Field(description="Canonical attributes that apply writes (null for a delete).")
-    status: str = Field(description="pending | applied | rejected | failed | stale | superseded")
-    risk: str = Field(description="low | medium | high (delete = high)")
-    base_fingerprint: str | None = Field(description="Live fingerprint the change was computed against.")
-    desired_fingerprint: str | None
-    error: str | None
-    conflict: bool
-    superseded_by: int | None
-    decided_by: str | None
-    reason: str | None
-    forced: bool
-    applied_at: dt.datetime | None
-    created_at: dt.datetime | None
-
-    @classmethod
-    def of(cls, p: GitOpsProposal) -> ProposalOut:
-        return cls(
-            id=p.id,
-            repository_id=p.repository_id,
-            sync_run_id=p.sync_run_id,
-            revision=p.revision,
-            kind=p.kind,
-            name=p.name,
-            action=p.action,
-            fields=[FieldChangeOut(**f) for f in p.fields or []],
-            desired=p.desired,
-            status=p.status,
-            risk=p.risk,
-            base_fingerprint=p.base_fingerprint,
-            desired_fingerprint=p.desired_fingerprint,
-            error=p.error,
-            conflict=p.conflict,
-            superseded_by=p.superseded_by,
-            decided_by=p.decided_by,
-            reason=p.reason,
-            forced=p.forced,
-            applied_at=p.applied_at,
-            created_at=p.created_at,
-        )
 
 
 class RepositoryIdArgs(Args):
@@ -237,12 +116,8 @@ class RegisterArgs(Args):
     allow_empty: bool = Field(default=False, description="Allow a fleet.yaml that would delete every resource.")
 
 
-class RepositoryResult(BaseModel):
-    repository: RepositoryOut
-
-
 @tool(name="system_gitops_register_repository", title="Register a GitOps repository", permission=WRITE, **GITOPS)
-async def register_repository(ctx: ToolContext, args: RegisterArgs) -> RepositoryResult:
+async def register_repository(ctx: ToolContext, args: RegisterArgs) -> RepositoryItemOut:
     """Register a git repository whose fleet.yaml is the desired fleet state.
 
     The URL, branch and path prefix are validated (no inline credentials, option-looking values,
@@ -258,14 +133,10 @@ async def register_repository(ctx: ToolContext, args: RegisterArgs) -> Repositor
         auto_apply=args.auto_apply,
         allow_empty=args.allow_empty,
         allow_local=ctx.app.settings.allow_local_repos,
+        credentials=_credentials(ctx),
     )
     await ctx.emit("gitops.repository_registered", payload={"repository_id": repo.id, "name": repo.name})
-    return RepositoryResult(repository=RepositoryOut.of(repo))
-
-
-class RepositoriesResult(BaseModel):
-    repositories: list[RepositoryOut]
-    count: int
+    return RepositoryItemOut(repository=RepositoryOut.of(repo))
 
 
 @tool(
@@ -276,15 +147,10 @@ class RepositoriesResult(BaseModel):
     idempotent=True,
     **GITOPS,
 )
-async def list_repositories(ctx: ToolContext, args: NoArgs) -> RepositoriesResult:
+async def list_repositories(ctx: ToolContext, args: NoArgs) -> RepositoriesOut:
     """List the registered GitOps repositories with their last sync status and drift state."""
     repos = await service.list_repositories(ctx.session, account_id=ctx.principal.account_id)
-    return RepositoriesResult(repositories=[RepositoryOut.of(r) for r in repos], count=len(repos))
-
-
-class RepositoryDetail(BaseModel):
-    repository: RepositoryOut
-    recent_sync_runs: list[SyncRunOut]
+    return RepositoriesOut(repositories=[RepositoryOut.of(r) for r in repos], count=len(repos))
 
 
 @tool(
@@ -295,12 +161,12 @@ class RepositoryDetail(BaseModel):
     idempotent=True,
     **GITOPS,
 )
-async def get_repository(ctx: ToolContext, args: RepositoryIdArgs) -> RepositoryDetail:
+async def get_repository(ctx: ToolContext, args: RepositoryIdArgs) -> RepositoryDetailOut:
     """Get one repository and its five most recent sync runs."""
     repo, runs = await service.repository_detail(
         ctx.session, account_id=ctx.principal.account_id, repository_id=args.repository_id, runs=5
     )
-    return RepositoryDetail(repository=RepositoryOut.of(repo), recent_sync_runs=[SyncRunOut.of(r) for r in runs])
+    return RepositoryDetailOut(repository=RepositoryOut.of(repo), recent_sync_runs=[SyncRunOut.of(r) for r in runs])
 
 
 class UpdateArgs(RepositoryIdArgs):
@@ -321,7 +187,7 @@ class UpdateArgs(RepositoryIdArgs):
     idempotent=True,
     **GITOPS,
 )
-async def update_repository(ctx: ToolContext, args: UpdateArgs) -> RepositoryResult:
+async def update_repository(ctx: ToolContext, args: UpdateArgs) -> RepositoryItemOut:
     """Change a repository's branch, path prefix, credential, auto_apply or enabled flag.
 
     A new branch or prefix forgets the fetched state and supersedes the repository's pending proposals."""
@@ -336,16 +202,9 @@ async def update_repository(ctx: ToolContext, args: UpdateArgs) -> RepositoryRes
         auto_apply=args.auto_apply,
         enabled=args.enabled,
         allow_empty=args.allow_empty,
+        credentials=_credentials(ctx),
     )
-    return RepositoryResult(repository=RepositoryOut.of(repo))
-
-
-class DeletedOut(BaseModel):
-    deleted: bool
-    repository_id: int
-    proposals_deleted: int
-    sync_runs_deleted: int
-    resources_released: int = Field(description="Live resources it managed, now managed_by=manual.")
+    return RepositoryItemOut(repository=RepositoryOut.of(repo))
 
 
 @tool(
@@ -355,27 +214,23 @@ class DeletedOut(BaseModel):
     destructive=True,
     **GITOPS,
 )
-async def delete_repository(ctx: ToolContext, args: RepositoryIdArgs) -> DeletedOut:
+async def delete_repository(ctx: ToolContext, args: RepositoryIdArgs) -> RepositoryDeletedOut:
     """Delete a repository with its sync runs and proposals. Live resources stay (they become manual)."""
     counts = await service.delete_repository(
         ctx.session, account_id=ctx.principal.account_id, repository_id=args.repository_id
     )
     await ctx.emit("gitops.repository_deleted", severity="low", payload={"repository_id": args.repository_id})
-    return DeletedOut(deleted=True, repository_id=args.repository_id, **counts)
+    return RepositoryDeletedOut(deleted=True, repository_id=args.repository_id, **counts)
 
 
 # -- sync and drift ------------------------------------------------------------------------------
-
-
-class SyncResult(BaseModel):
-    sync_run: SyncRunOut
 
 
 @tool(
     name="system_gitops_sync_repository", title="Sync a GitOps repository", permission=SYNC, open_world=True,
     prepare=_prefetch, **GITOPS
 )
-async def sync_repository(ctx: ToolContext, args: RepositoryIdArgs) -> SyncResult:
+async def sync_repository(ctx: ToolContext, args: RepositoryIdArgs) -> SyncRunItemOut:
     """Fetch the repository, diff fleet.yaml against live state and open one proposal per change.
 
     A failed fetch/parse/diff is recorded on the returned sync run (status failed, stage, error).
@@ -390,16 +245,11 @@ async def sync_repository(ctx: ToolContext, args: RepositoryIdArgs) -> SyncResul
         triggered_by=ctx.principal.qualified,
         prefetched=ctx.prepared,
     )
-    return SyncResult(sync_run=SyncRunOut.of(run))
+    return SyncRunItemOut(sync_run=SyncRunOut.of(run))
 
 
 class SyncRunsArgs(RepositoryIdArgs):
     limit: int = Field(default=20, ge=1, le=500, description="Most recent runs to return.")
-
-
-class SyncRunsResult(BaseModel):
-    sync_runs: list[SyncRunOut]
-    count: int
 
 
 @tool(
@@ -410,12 +260,12 @@ class SyncRunsResult(BaseModel):
     idempotent=True,
     **GITOPS,
 )
-async def list_sync_runs(ctx: ToolContext, args: SyncRunsArgs) -> SyncRunsResult:
+async def list_sync_runs(ctx: ToolContext, args: SyncRunsArgs) -> SyncRunsOut:
     """List a repository's sync runs, newest first."""
     runs = await service.list_sync_runs(
         ctx.session, account_id=ctx.principal.account_id, repository_id=args.repository_id, limit=args.limit
     )
-    return SyncRunsResult(sync_runs=[SyncRunOut.of(r) for r in runs], count=len(runs))
+    return SyncRunsOut(sync_runs=[SyncRunOut.of(r) for r in runs], count=len(runs))
 
 
 @tool(
@@ -426,39 +276,10 @@ async def list_sync_runs(ctx: ToolContext, args: SyncRunsArgs) -> SyncRunsResult
     idempotent=True,
     **GITOPS,
 )
-async def get_sync_run(ctx: ToolContext, args: SyncRunIdArgs) -> SyncResult:
+async def get_sync_run(ctx: ToolContext, args: SyncRunIdArgs) -> SyncRunItemOut:
     """Get one sync run: status, revision, diff summary, proposal ids, error and failed stage."""
     run = await service.get_sync_run(ctx.session, account_id=ctx.principal.account_id, sync_run_id=args.sync_run_id)
-    return SyncResult(sync_run=SyncRunOut.of(run))
-
-
-class ChangeOut(BaseModel):
-    kind: str
-    name: str
-    action: str
-    risk: str
-    fields: list[FieldChangeOut]
-    base_fingerprint: str | None
-    desired_fingerprint: str | None
-
-
-class SuppressedOut(BaseModel):
-    kind: str
-    name: str
-    action: str
-    until: str | None
-    reason: str | None
-
-
-class DriftReportOut(BaseModel):
-    repository_id: int
-    revision: str
-    drift: bool
-    diff_count: int
-    is_total_delete: bool
-    summary: dict[str, Any]
-    changes: list[ChangeOut]
-    suppressed: list[SuppressedOut]
+    return SyncRunItemOut(sync_run=SyncRunOut.of(run))
 
 
 @tool(
@@ -494,11 +315,6 @@ class ProposalsArgs(Args):
     limit: int = Field(default=200, ge=1, le=500, description="At most this many, oldest first.")
 
 
-class ProposalsResult(BaseModel):
-    proposals: list[ProposalOut]
-    count: int
-
-
 @tool(
     name="system_gitops_list_proposals",
     title="List proposals",
@@ -507,7 +323,7 @@ class ProposalsResult(BaseModel):
     idempotent=True,
     **GITOPS,
 )
-async def list_proposals(ctx: ToolContext, args: ProposalsArgs) -> ProposalsResult:
+async def list_proposals(ctx: ToolContext, args: ProposalsArgs) -> ProposalsOut:
     """List proposals, optionally by repository, sync run and status."""
     props = await service.list_proposals(
         ctx.session,
@@ -517,11 +333,7 @@ async def list_proposals(ctx: ToolContext, args: ProposalsArgs) -> ProposalsResu
         status=args.status,
         limit=args.limit,
     )
-    return ProposalsResult(proposals=[ProposalOut.of(p) for p in props], count=len(props))
-
-
-class ProposalResult(BaseModel):
-    proposal: ProposalOut
+    return ProposalsOut(proposals=[ProposalOut.of(p) for p in props], count=len(props))
 
 
 @tool(
@@ -532,10 +344,10 @@ class ProposalResult(BaseModel):
     idempotent=True,
     **GITOPS,
 )
-async def get_proposal(ctx: ToolContext, args: ProposalIdArgs) -> ProposalResult:
+async def get_proposal(ctx: ToolContext, args: ProposalIdArgs) -> ProposalItemOut:
     """Get one proposal with its field-level changes, status, risk and base fingerprint."""
     p = await service.get_proposal(ctx.session, account_id=ctx.principal.account_id, proposal_id=args.proposal_id)
-    return ProposalResult(proposal=ProposalOut.of(p))
+    return ProposalItemOut(proposal=ProposalOut.of(p))
 
 
 # -- apply / reject ------------------------------------------------------------------------------
@@ -580,20 +392,6 @@ async def _apply_proposal_summary(ctx: ToolContext, args: ApplyProposalArgs) -> 
     return "\n".join(lines)
 
 
-class ResultOut(BaseModel):
-    proposal_id: int
-    status: str
-    error: str | None
-
-
-class ApplyProposalResult(BaseModel):
-    applied: bool
-    conflict: bool = Field(description="True when live state changed since the proposal (it is now stale).")
-    error: str | None
-    proposal: ProposalOut
-    results: list[ResultOut]
-
-
 @tool(
     name="system_gitops_apply_proposal",
     title="Apply a proposal",
@@ -602,7 +400,7 @@ class ApplyProposalResult(BaseModel):
     summary=_apply_proposal_summary,
     **GITOPS,
 )
-async def apply_proposal(ctx: ToolContext, args: ApplyProposalArgs) -> ApplyProposalResult:
+async def apply_proposal(ctx: ToolContext, args: ApplyProposalArgs) -> ApplyProposalOut:
     """Apply one pending proposal in one transaction.
 
     Refused as stale (conflict: true, nothing changes) when the live resource no longer matches the
@@ -615,12 +413,12 @@ async def apply_proposal(ctx: ToolContext, args: ApplyProposalArgs) -> ApplyProp
         applied_by=ctx.principal.qualified,
     )
     (p,) = result.proposals
-    return ApplyProposalResult(
+    return ApplyProposalOut(
         applied=result.applied,
         conflict=result.conflict,
         error=result.error,
         proposal=ProposalOut.of(p),
-        results=[ResultOut(**r) for r in result.results],
+        results=[ApplyOutcomeOut(**r) for r in result.results],
     )
 
 
@@ -650,13 +448,6 @@ async def _apply_run_summary(ctx: ToolContext, args: ApplySyncRunArgs) -> str:
     return "\n".join(lines)
 
 
-class ApplySyncRunResult(BaseModel):
-    applied: bool
-    conflict: bool
-    error: str | None
-    results: list[ResultOut]
-
-
 @tool(
     name="system_gitops_apply_sync_run",
     title="Apply a sync run",
@@ -665,7 +456,7 @@ class ApplySyncRunResult(BaseModel):
     summary=_apply_run_summary,
     **GITOPS,
 )
-async def apply_sync_run(ctx: ToolContext, args: ApplySyncRunArgs) -> ApplySyncRunResult:
+async def apply_sync_run(ctx: ToolContext, args: ApplySyncRunArgs) -> ApplySyncRunOut:
     """Apply every pending proposal of a sync run in dependency order, all or nothing.
 
     Any stale proposal refuses the whole batch (those become stale; nothing changes) unless
@@ -677,11 +468,11 @@ async def apply_sync_run(ctx: ToolContext, args: ApplySyncRunArgs) -> ApplySyncR
         force=args.force,
         applied_by=ctx.principal.qualified,
     )
-    return ApplySyncRunResult(
+    return ApplySyncRunOut(
         applied=result.applied,
         conflict=result.conflict,
         error=result.error,
-        results=[ResultOut(**r) for r in result.results],
+        results=[ApplyOutcomeOut(**r) for r in result.results],
     )
 
 
@@ -692,7 +483,7 @@ class RejectArgs(ProposalIdArgs):
 
 
 @tool(name="system_gitops_reject_proposal", title="Reject a proposal", permission=APPLY, **GITOPS)
-async def reject_proposal(ctx: ToolContext, args: RejectArgs) -> ProposalResult:
+async def reject_proposal(ctx: ToolContext, args: RejectArgs) -> ProposalItemOut:
     """Reject a pending or stale proposal; it will never be applied."""
     p = await service.reject_proposal(
         ctx.session,
@@ -701,7 +492,7 @@ async def reject_proposal(ctx: ToolContext, args: RejectArgs) -> ProposalResult:
         reason=args.reason,
         decided_by=ctx.principal.qualified,
     )
-    return ProposalResult(proposal=ProposalOut.of(p))
+    return ProposalItemOut(proposal=ProposalOut.of(p))
 
 
 class SuppressArgs(Args):
@@ -715,20 +506,8 @@ class SuppressArgs(Args):
     )
 
 
-class SuppressionOut(BaseModel):
-    kind: str
-    name: str
-    suppressed: bool
-    until: dt.datetime | None
-    reason: str | None
-
-
-class SuppressResult(BaseModel):
-    suppression: SuppressionOut
-
-
 @tool(name="system_gitops_suppress_drift", title="Suppress drift of a resource", permission=WRITE, **GITOPS)
-async def suppress_drift(ctx: ToolContext, args: SuppressArgs) -> SuppressResult:
+async def suppress_drift(ctx: ToolContext, args: SuppressArgs) -> SuppressionItemOut:
     """Stop reporting and proposing changes for one live resource until `until` (or indefinitely)."""
     out = await service.suppress_drift(
         ctx.session,
@@ -743,4 +522,4 @@ async def suppress_drift(ctx: ToolContext, args: SuppressArgs) -> SuppressResult
         severity="low",
         payload={"kind": args.kind, "name": args.name, "until": args.until.isoformat() if args.until else None},
     )
-    return SuppressResult(suppression=SuppressionOut(**out))
+    return SuppressionItemOut(suppression=SuppressionOut(**out))

@@ -1,5 +1,6 @@
-"""The GitOps part of `fleet-mcp demo`: a local repository, sync, per-change proposals, atomic apply,
-a hand edit that makes a proposal stale, and the fix."""
+"""The GitOps section of `fleet-mcp demo` (client-side presentation: it drives the tools and prints):
+a local repository, sync, per-change proposals, atomic apply, a hand edit that makes a proposal
+stale, and the fix."""
 
 from __future__ import annotations
 

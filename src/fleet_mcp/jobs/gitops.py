@@ -1,4 +1,4 @@
-"""Scheduler jobs: the drift sensor and the optional auto-sync (whose applies go through the gate).
+"""GitOps scheduler jobs: the drift sensor and the optional auto-sync (whose calls go through the gate).
 
 Each repository gets its own short unit of work, so one broken repository never stops the others.
 Auto-sync runs as the account's `gitops-auto` principal (role operator) through the same gate as
@@ -11,7 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import select
+
+from fleet_mcp import principals
+from fleet_mcp.db.models import Account
 from fleet_mcp.gitops import service
+from fleet_mcp.registry import load_tools
 from fleet_mcp.scheduler import job
 
 log = logging.getLogger(__name__)
@@ -23,13 +28,13 @@ AUTO_ROLES = ("operator",)
 @job("gitops.drift_sensor", lambda app: app.settings.drift_interval)
 async def drift_sensor(app: Any) -> list[service.DriftTick]:
     """One tick per enabled repository (cheap when nothing changed); returns what each tick found."""
-    async with app.sessionmaker() as session:
+    async with app.read_sessionmaker() as session:
         repo_ids = [r.id for r in await service.list_enabled_repositories(session)]
     ticks = []
     for repo_id in repo_ids:
         try:
-            async with app.sessionmaker() as session, session.begin():
-                ticks.append(await service.drift_tick(session, repository_id=repo_id))
+            async with app.unit_of_work() as uow:
+                ticks.append(await service.drift_tick(uow.session, repository_id=repo_id))
         except Exception:
             log.exception("drift sensor failed for repository %s", repo_id)
     return ticks
@@ -40,12 +45,8 @@ async def auto_sync(app: Any) -> list[dict[str, Any]]:
     """Sync every enabled repository through the gate; for auto_apply ones, ask the gate to apply new proposals."""
     if not app.settings.auto_sync_interval:
         return []
-    from fleet_mcp import principals
-    from fleet_mcp.registry import load_tools
-
     tools = load_tools()
-    gate = app.gate
-    async with app.sessionmaker() as session:
+    async with app.read_sessionmaker() as session:
         repos = [(r.id, r.account_id, r.auto_apply) for r in await service.list_enabled_repositories(session)]
     outcomes: list[dict[str, Any]] = []
     callers: dict[int, principals.Caller] = {}
@@ -53,12 +54,13 @@ async def auto_sync(app: Any) -> list[dict[str, Any]]:
         try:
             caller = callers.get(account_id) or await _auto_caller(app, account_id)
             callers[account_id] = caller
-            synced = await gate.call(tools["system_gitops_sync_repository"], caller, {"repository_id": repo_id})
+            synced = await app.gate.call(tools["system_gitops_sync_repository"], caller, {"repository_id": repo_id})
             entry: dict[str, Any] = {"repository_id": repo_id, "sync": synced.data}
             run = synced.data.get("sync_run") if synced.ok else None
             # Only newly opened proposals are sent on, so an unchanged repository never re-asks.
             if auto_apply and run and run["status"] in ("success", "partial") and run["diff_summary"].get("opened"):
-                applied = await gate.call(tools["system_gitops_apply_sync_run"], caller, {"sync_run_id": run["id"]})
+                applied = await app.gate.call(tools["system_gitops_apply_sync_run"], caller,
+                                              {"sync_run_id": run["id"]})
                 entry["apply"] = applied.data
             outcomes.append(entry)
         except Exception:
@@ -66,15 +68,10 @@ async def auto_sync(app: Any) -> list[dict[str, Any]]:
     return outcomes
 
 
-async def _auto_caller(app: Any, account_id: int) -> Any:
-    from sqlalchemy import select
-
-    from fleet_mcp import principals
-    from fleet_mcp.db.models import Account
-
-    async with app.sessionmaker() as session, session.begin():
-        acct = (await session.execute(select(Account).where(Account.id == account_id))).scalar_one()
-        await principals.ensure_principal(session, acct, AUTO_PRINCIPAL, list(AUTO_ROLES))
+async def _auto_caller(app: Any, account_id: int) -> principals.Caller:
+    async with app.unit_of_work() as uow:
+        acct = (await uow.session.execute(select(Account).where(Account.id == account_id))).scalar_one()
+        await principals.ensure_principal(uow.session, acct, AUTO_PRINCIPAL, list(AUTO_ROLES))
     return principals.Caller(
         name=AUTO_PRINCIPAL, account_id=acct.id, account_name=acct.name, roles=AUTO_ROLES, via="scheduler"
     )
