@@ -12,9 +12,10 @@ from fleet_mcp.vault.background import wait_for_launched
 
 async def vault_section(d: Any, *, alice: Any, bob: Any, admin: Any, **_: Any) -> None:
     d.section("Vault: write-only credentials, pepper rotation by two people, finalize")
-    for name, kind in (("aws-prod", "api_key"), ("git-deploy", "git_https")):
+    for name, kind, meta in (("aws-prod", "api_key", {"owner": "ops"}),
+                             ("git-deploy", "git_https", {"owner": "ops", "host": "git.example.com"})):
         await d.call(alice, "alice", "system_vault_store_credential",
-                     {"name": name, "kind": kind, "secret": "s3cr3t-" + name, "metadata": {"owner": "ops"}},
+                     {"name": name, "kind": kind, "secret": "s3cr3t-" + name, "metadata": meta},
                      show=lambda r: f"stored {r['credential']['name']} at key v{r['credential']['key_version']} "
                                     "(the secret is never returned)")
     await d.call(admin, "root", "system_vault_get_pepper_status", {},

@@ -168,6 +168,9 @@ class ApprovalSteps:
     before: StepFn
     after: ResultFn
     failed: ResultFn
+    #: How the audit row of a call whose approval could not be claimed reads.
+    refused_decision: str = "approved"
+    refused_outcome: str = "refused"
 
 
 def _failure(spec: ToolSpec, exc: Exception, call_id: str) -> tuple[CallOutcome, str, dict[str, Any]]:
@@ -372,7 +375,8 @@ class Gate:
             await approvals.finish_elicited(session, key, False, _stored_result(spec, outcome)[0])
 
         return await self._run(spec, caller, args, decision="approved_by_elicitation", t0=t0, progress=progress,
-                               approval_id=approvals.elicited_id(key), steps=ApprovalSteps(claim, done, failed),
+                               approval_id=approvals.elicited_id(key),
+                               steps=ApprovalSteps(claim, done, failed, "require_approval", "replay_refused"),
                                refusal_rule=verdict.rule)
 
     async def _prepare(self, spec: ToolSpec, caller: Caller, args: BaseModel, approval_id: str | None) -> Any:
@@ -438,8 +442,10 @@ class Gate:
                 committed = attempt.committed
         # The write lock is released from here on: rows written below may need it (group commit).
         if refused is not None:  # the approval could not be claimed: nothing ran
-            await self._audit_only(spec, caller, args, t0, outcome="refused", detail={"error": refused.to_dict()},
-                                   **audit_kw)
+            assert steps is not None
+            await self._audit_only(spec, caller, args, t0, decision=steps.refused_decision,
+                                   outcome=steps.refused_outcome, detail={"error": refused.to_dict()},
+                                   approval_id=approval_id)
             return CallOutcome(False, {"status": "denied", "rule": refusal_rule, "reason": refused.message},
                                f"{refused.message} Nothing was run.")
         if committed:

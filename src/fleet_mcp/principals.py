@@ -40,7 +40,7 @@ class Caller:
 
 
 def check_name(kind: str, name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid {kind} name {name!r}",
             hint="use 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",

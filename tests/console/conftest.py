@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, HttpServer, cli_env, run_cli
+from tests.conftest import HttpServer, cli_env, run_cli
+from tests.services import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -21,13 +22,9 @@ def browser() -> Iterator:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        if IN_CI:
-            pytest.fail("playwright is required in CI (pip install -e '.[test]')")
-        pytest.skip("playwright not installed")
+        missing("playwright", "pip install -e '.[test]'")
     if not CHROMIUM.exists():
-        if IN_CI:
-            pytest.fail("Chromium is required in CI (scripts/test installs it with apt)")
-        pytest.skip("/usr/bin/chromium not installed (apt-get install chromium)")
+        missing("Chromium", "apt-get install chromium (scripts/test installs it)")
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])

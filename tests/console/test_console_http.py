@@ -23,13 +23,12 @@ HOST = "127.0.0.1:8765"
 async def ui(app):  # noqa: ANN001
     from fleet_mcp import principals
     from fleet_mcp.console.app import build_console
-    from fleet_mcp.gate import Gate
 
     await make_caller(app, "acme", "olga", ("operator",))
-    async with app.sessionmaker() as s, s.begin():
-        token = await principals.create_token(s, account="acme", label="olga-ui", roles=["operator"],
-                                              principal="olga")
-    asgi = build_console(app, Gate(app), {HOST})
+    async with app.unit_of_work() as uow:
+        token = await principals.create_token(uow.session, account="acme", label="olga-ui", roles=["operator"],
+                                              principal="olga", actor=principals.Actor("acme/test", "acme"))
+    asgi = build_console(app, app.gate, {HOST})
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=asgi), base_url=f"http://{HOST}") as c:
         page = await c.get("/ui/login")
         pre = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
@@ -188,6 +187,12 @@ async def test_suppress_from_the_drift_page_and_events(app, ui, tmp_path) -> Non
     r = await ui.post("/ui/call/system_gitops_suppress_drift", data={
         "csrf": ui.csrf, "kind": "template", "name": "web", "reason": "hand-tuned during the incident",
         "until": "", "_next": f"/ui/gitops/repositories/{rid}/drift"})
+    # Suppressing drift hides a live change from GitOps review: the shipped policy asks a person first, and
+    # the console is that person's client — it shows the confirmation, and the answer runs it.
+    assert r.status_code == 200 and "Approve and run" in r.text, r.text
+    answer = _hidden(r.text.split('name="_confirm" value="accept"')[0].rsplit("<form", 1)[1] +
+                     r.text.split('name="_confirm" value="accept"')[1].split("</form>")[0]) | {"_confirm": "accept"}
+    r = await ui.post("/ui/call/system_gitops_suppress_drift", data=answer)
     assert r.status_code == 200 and "ran." in r.text, r.text
     after = await ui.get(f"/ui/gitops/repositories/{rid}/drift")
     assert "Suppressed" in after.text and "hand-tuned during the incident" in after.text

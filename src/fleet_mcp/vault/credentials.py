@@ -47,7 +47,7 @@ def info(row: Credential) -> CredentialInfo:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid credential name {name!r}",
             hint="use 1-200 letters, digits or . _ @ / : + -, starting with a letter or digit",
