@@ -11,10 +11,8 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
-import stat
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.models import AuditEntry, AuditHead
 from fleet_mcp.errors import ExternalError, InvalidArgument, RateLimited
+from fleet_mcp.keyring import check_private_file, create_private_file
 from fleet_mcp.ratelimit import InvalidCallLimiter
 
 if TYPE_CHECKING:
@@ -138,27 +137,8 @@ def load_or_create_digest_key(path: Path) -> bytes:
     """Read the digest key file (base64 of 32 bytes), creating it with mode 0600 when missing; refuse a file
     that group or others may read. Two processes creating it at once end up with the same key."""
     path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, base64.b64encode(secrets.token_bytes(DIGEST_KEY_BYTES)) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidArgument(f"audit key path {path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise InvalidArgument(f"audit key file {path} is readable or writable by group or others "
-                              f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"restrict it with: chmod 600 {path}")
+    create_private_file(path, base64.b64encode(secrets.token_bytes(DIGEST_KEY_BYTES)) + b"\n")
+    check_private_file(path, "audit key")
     try:
         key = base64.b64decode(path.read_bytes().strip(), validate=True)
     except (ValueError, binascii.Error):

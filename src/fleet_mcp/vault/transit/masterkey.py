@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
-import stat
 from pathlib import Path
 
 from fleet_mcp.errors import InvalidArgument
+from fleet_mcp.keyring import check_private_file, create_private_file
 
 MASTER_KEY_BYTES = 32
 
@@ -44,33 +43,11 @@ def load_or_create_master_key_file(path: Path) -> tuple[bytes, bool]:
         return _read(path), False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = base64.b64encode(secrets.token_bytes(MASTER_KEY_BYTES)).decode("ascii") + "\n"
-    # Write a private temp file, then link it into place: readers never see a half-written key,
-    # and of two processes creating it at once, one wins and the other reads the winner's key.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return _read(path), True
+    created = create_private_file(path, text.encode("ascii"))
+    return _read(path), created
 
 
 def _read(path: Path) -> bytes:
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidArgument(f"master key path {path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise InvalidArgument(
-            f"master key file {path} is readable or writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
-            hint=f"restrict it with: chmod 600 {path}",
-        )
+    check_private_file(path, "master key")
     return decode_master_key(path.read_text(encoding="ascii"), source=str(path))
