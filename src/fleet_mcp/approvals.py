@@ -68,6 +68,7 @@ async def create_request(
         args_digest=audit.arguments_digest(raw),
         requested_by=caller.qualified,
         requester_roles=list(caller.roles),
+        requester_token=caller.token_label,
         rule=rule,
         approvers=list(spec.approvers),
         min_approvals=spec.min_approvals,
@@ -183,6 +184,17 @@ async def requester_caller_of(session: AsyncSession, req: ApprovalRequest) -> Ca
     name = req.requested_by.split("/", 1)[1] if "/" in req.requested_by else req.requested_by
     return Caller(name=name, account_id=req.account_id, account_name=account_name,
                   roles=tuple(req.requester_roles), via="approval")
+
+
+async def requester_token_revoked(session: AsyncSession, req: ApprovalRequest) -> bool:
+    """Whether the bearer token the request was made with has been revoked (or deleted) since."""
+    if not req.requester_token:
+        return False
+    from fleet_mcp.db.models import ApiToken
+
+    revoked = (await session.execute(
+        select(ApiToken.revoked_at).where(ApiToken.label == req.requester_token))).one_or_none()
+    return revoked is None or revoked[0] is not None
 
 
 async def unseal_arguments(session: AsyncSession, app: App, req: ApprovalRequest) -> dict[str, Any]:

@@ -543,6 +543,7 @@ class Gate:
                     raise Conflict(f"approval request {approval_id} is {req.status}; it can run only once",
                                    approval_id=approval_id)
                 requester = await approvals.requester_caller_of(read, req)
+                token_revoked = await approvals.requester_token_revoked(read, req)
                 raw = await approvals.unseal_arguments(read, self.app, req)
             spec = load_tools()[req.tool]
             args = self.parse(spec, raw)
@@ -552,6 +553,8 @@ class Gate:
         verdict = self.evaluate(spec, requester, args, can_elicit=False)
         if not audit.digest_matches(args.model_dump(mode="python"), req.args_digest):
             reason = "the stored arguments do not match the approved digest"
+        elif token_revoked:
+            reason = f"the token the requester asked with ({req.requester_token}) was revoked"
         elif verdict.action == "deny":
             reason = (f"the requester no longer has permission {verdict.permission}" if verdict.permission
                       else f"the policy now denies {spec.name} (rule {verdict.rule!r}: {verdict.reason})")

@@ -72,3 +72,28 @@ async def test_a_requester_who_lost_the_permission_is_refused(app, tmp_path: Pat
     assert out.data["approval"]["status"] == "refused", out.data
     assert out.data["result"]["permission"] == "system.fleet.write"
     assert await _providers(app) == 1
+
+
+async def test_a_request_whose_token_was_revoked_does_not_run(app, tmp_path: Path) -> None:  # noqa: ANN001
+    from dataclasses import replace
+
+    from fleet_mcp import principals
+
+    olga, ben, _ = await _queued_delete(app, tmp_path)
+    admin = principals.Actor("acme/root", "acme")
+    async with app.unit_of_work() as uow:
+        await principals.create_token(uow.session, account="acme", label="olga-laptop", roles=["operator"],
+                                      principal="olga", actor=admin,
+                                      known_roles=app.policy.current.role_table())
+    with_token = replace(olga, token_label="olga-laptop")
+    assert (await call_as(app, olga, "system_put_provider_config",
+                          {"name": "gcp", "spec": {"provider": "gcp", "region": "europe-west1"}})).ok
+    queued = await call_as(app, with_token, "system_delete_provider_config", {"name": "gcp"})
+    aid = queued.data["approval_id"]
+    async with app.unit_of_work() as uow:
+        await principals.revoke_token(uow.session, "olga-laptop", actor=admin)
+    out = await call_as(app, ben, "system_approvals_decide", {"approval_id": aid, "decision": "approve",
+                                                              "reason": "ok"})
+    assert out.data["approval"]["status"] == "refused", out.data
+    assert "revoked" in out.data["approval"]["result"]["error"]
+    assert await _providers(app) == 2

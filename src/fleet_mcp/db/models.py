@@ -148,6 +148,8 @@ class ApprovalRequest(TimestampMixin, Base):
     args_digest: Mapped[str] = mapped_column(String(100))
     requested_by: Mapped[str] = mapped_column(String(250))
     requester_roles: Mapped[list[Any]] = mapped_column(default=list)
+    #: The bearer token the requester asked with (HTTP); the approved run is refused once it is revoked.
+    requester_token: Mapped[str | None] = mapped_column(String(120))
     rule: Mapped[str] = mapped_column(String(120))
     approvers: Mapped[list[Any]] = mapped_column(default=list)
     min_approvals: Mapped[int] = mapped_column(default=1)
