@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, SecretBytes, SecretStr
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -375,6 +375,12 @@ class VerifyResult:
     entries_checked: int
     first_bad_seq: int | None
     problem: str | None = None
+
+
+async def count_rows(session: AsyncSession, *, account: str) -> int:
+    """How many audit rows belong to one account."""
+    return int((await session.execute(
+        select(func.count()).select_from(AuditEntry).where(AuditEntry.account == account))).scalar_one())
 
 
 async def verify(session: AsyncSession, *, page: int = 5000) -> VerifyResult:

@@ -97,3 +97,19 @@ async def test_a_request_whose_token_was_revoked_does_not_run(app, tmp_path: Pat
     assert out.data["approval"]["status"] == "refused", out.data
     assert "revoked" in out.data["approval"]["result"]["error"]
     assert await _providers(app) == 2
+
+
+async def test_audit_verify_counts_only_the_callers_account_without_read_all(app) -> None:  # noqa: ANN001
+    vic = await make_caller(app, "acme", "vic", ("viewer",))
+    gary = await make_caller(app, "globex", "gary", ("admin",))
+    for i in range(3):
+        assert (await call_as(app, gary, "system_put_template", {"name": f"g{i}", "spec": {}})).ok
+    own = await call_as(app, vic, "system_audit_verify", {})
+    every = await call_as(app, gary, "system_audit_verify", {})
+    assert own.ok and own.data["ok"] and every.ok and every.data["ok"]
+    async with app.read_sessionmaker() as read:
+        from fleet_mcp import audit
+
+        acme_rows = await audit.count_rows(read, account="acme")
+    # vic's own verify call added one acme row after it counted
+    assert own.data["entries_checked"] == acme_rows - 1 < every.data["entries_checked"]

@@ -25,6 +25,8 @@ ALL_PERMISSIONS: tuple[str, ...] = (
     "system.approvals.read",
     "system.approvals.decide",
     "system.audit.read",
+    # How many audit rows every account has (the chain is one): admin only, like credentials.read_all.
+    "system.audit.read_all",
 )
 
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(

@@ -31,11 +31,7 @@ READ_ALL = "system.credentials.read_all"
 
 
 def _sees_all(ctx: ToolContext) -> bool:
-    from fleet_mcp.policy.roles import has_permission, permissions_for
-
-    policy = ctx.app.policy.current if ctx.app.policy is not None else None
-    granted = permissions_for(ctx.principal.roles, getattr(policy, "roles", None) or {})
-    return has_permission(granted, READ_ALL)
+    return ctx.app.gate.has_permission(ctx.principal, READ_ALL)
 
 
 def _scope(ctx: ToolContext) -> tuple[int, str] | None:
