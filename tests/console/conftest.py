@@ -17,8 +17,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
+    """One Chromium per test module. Playwright's sync API runs an event loop in this thread while the browser
+    lives: it must be gone before the async tests of other modules run theirs."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -42,8 +44,13 @@ class Fleet:
         self.server = HttpServer(self.env)
         self.url = self.server.url
         self.ui = self.url + "/ui"
+        self._accounts: set[str] = set()
 
     def token(self, account: str, label: str, *roles: str) -> str:
+        if account not in self._accounts:  # tokens are issued only in existing accounts
+            if account not in ("default",):
+                run_cli(self.env, "account", "create", account)
+            self._accounts.add(account)
         args = ["token", "create", "--account", account, "--name", label]
         for r in roles:
             args += ["--role", r]
