@@ -103,7 +103,8 @@ def database_unreachable(exc: BaseException) -> bool:
             return True
         if isinstance(seen, InterfaceError | ConnectionError | TimeoutError):
             return True
-        if isinstance(seen, OperationalError) and "locked" not in str(seen.orig):
+        if isinstance(seen, OperationalError) and any(
+                word in str(seen.orig).lower() for word in ("connect", "closed", "unable to open", "terminat")):
             return True
         if type(seen).__module__.startswith("asyncpg") and type(seen).__name__ in (
                 "ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",

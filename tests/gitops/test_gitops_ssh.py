@@ -133,8 +133,12 @@ def _pin(app, line: str) -> None:  # noqa: ANN001
 
 
 async def _register_and_sync(client, url: str, private_key: str) -> dict:  # noqa: ANN001
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)  # git credentials are bound to the host (and port) they are for
     stored = await client.call_tool("system_vault_store_credential",
-                                    {"name": "deploy-key", "kind": "git_ssh", "secret": private_key})
+                                    {"name": "deploy-key", "kind": "git_ssh", "secret": private_key,
+                                     "metadata": {"host": f"{where.hostname}:{where.port}"}})
     assert not stored.is_error, stored.content
     assert private_key not in str(stored.structured_content)
     reg = await client.call_tool("system_gitops_register_repository",
