@@ -89,7 +89,6 @@ async def run(ctx: RunContext) -> None:
     from fleet_mcp.console import views
     from fleet_mcp.console.app import Calls, Console, build_console
     from fleet_mcp.console.sessions import SessionStore
-    from fleet_mcp.gate import Gate
     from fleet_mcp.registry import load_tools
     from fleet_mcp.settings import Settings
 
@@ -101,12 +100,14 @@ async def run(ctx: RunContext) -> None:
                        account="acme", principal="adam", roles="admin"))
     await app.start()
     try:
-        gate = Gate(app)
+        gate = app.gate
         tools = load_tools()
-        async with app.sessionmaker() as s, s.begin():
-            await principals.create_token(s, account="acme", label="ben", roles=["approver"], principal="ben")
-            token = await principals.create_token(s, account="acme", label="ben-ui", roles=["approver"],
-                                                  principal="ben")
+        actor = principals.Actor(qualified="acme/adam", account="acme", via="benchmark")
+        async with app.unit_of_work() as uow:
+            await principals.create_token(uow.session, account="acme", label="ben", roles=["approver"],
+                                          principal="ben", actor=actor)
+            token = await principals.create_token(uow.session, account="acme", label="ben-ui", roles=["approver"],
+                                                  principal="ben", actor=actor)
         assert app.stdio_caller is not None
         t0 = time.perf_counter()
         for _ in range(pending):
