@@ -74,13 +74,16 @@ def run_family(name: str, quick: bool, machine: dict[str, Any]) -> tuple[RunCont
             print(f"  !! {name} failed: {meta['error']}", flush=True)
     meta["duration_s"] = round(time.monotonic() - t0, 1)
     meta["facts"] = ctx.facts
+    if ctx.details is not None:
+        meta["details"] = ctx.details
     print(f"  ({name} took {meta['duration_s']:.0f} s)", flush=True)
     return ctx, meta
 
 
-def render(results: dict[str, Any]) -> None:
+def render(results: dict[str, Any], *, quick_over_full: bool = False) -> None:
     from benchmarks.findings import FINDINGS
     from benchmarks.plot import write_plot
+    from benchmarks.scaleout import write_reliability
 
     groups = plot_groups(results["series"])
     plot_rel = None
@@ -91,6 +94,8 @@ def render(results: dict[str, Any]) -> None:
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text(render_markdown(results, plot_rel, FINDINGS))
     print(f"report: {DOCS.relative_to(ROOT)}")
+    # docs/RELIABILITY.md: the scale-out family's own page, generated the same way.
+    write_reliability(results, allow_quick_over_full=quick_over_full)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         found["families"] = dict(sorted(found["families"].items(), key=lambda kv: list(FAMILIES).index(kv[0])
                                         if kv[0] in FAMILIES else len(FAMILIES)))
-        render(found)
+        render(found, quick_over_full=ns.docs == "always")
         return 0
     only = [n.strip() for n in ns.only.split(",") if n.strip()]
     unknown = [n for n in only if n not in FAMILIES]
@@ -148,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
 
     docs_has_full = DOCS.exists() and FULL_MARKER in DOCS.read_text()
     if ns.docs == "always" or (ns.docs == "auto" and not (ns.quick and docs_has_full)):
-        render(results)
+        render(results, quick_over_full=ns.docs == "always")
     elif ns.docs == "auto":
         print(f"report: {DOCS.relative_to(ROOT)} holds a full run; a quick run leaves it alone (--docs always)")
+        from benchmarks.scaleout import write_reliability
+
+        write_reliability(results, allow_quick_over_full=False)
     missed = [f for f in current["figures"] if f["met"] is False]
     if missed:
         print(f"{len(missed)} target(s) missed (reported above; not a failure)")

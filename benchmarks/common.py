@@ -137,7 +137,8 @@ def machine_info() -> dict[str, Any]:
     commit = _cmd_out(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
     # The suite's own outputs do not make the measured code dirty.
     dirty = _cmd_out(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                      ":!benchmarks/results", ":!docs/BENCHMARKS.md"])
+                      ":!benchmarks/results", ":!docs/BENCHMARKS.md",
+                      ":!docs/RELIABILITY.md"])
     versions: dict[str, str | None] = {}
     for mod in ("mcp", "sqlalchemy", "aiosqlite", "asyncpg", "cryptography", "hvac", "yaml", "git", "uvicorn"):
         try:
@@ -263,6 +264,8 @@ class RunContext:
         self.figures: list[Figure] = []
         self.series: list[Series] = []
         self.facts: dict[str, Any] = {}
+        #: Structured results a family keeps for its own page (saved with the results, not in BENCHMARKS.md).
+        self.details: dict[str, Any] | None = None
 
     @property
     def command(self) -> str:
