@@ -22,7 +22,7 @@ def _good() -> Outcome:
         executions={"apr_1": 1, "apr_2": 0, "in-client:fr-del-1": 1},
         credentials=1500, credentials_undecryptable=0, credentials_behind=0, latest_version=2,
         rotation_status="completed", applied_revisions={"fr-synct00000": 1, "fr-syncm00000": 1},
-        applied_proposals={"fr-synct00000": 1}, sync_applies_ok=1,
+        applied_proposals={"fr-synct00000": 1}, sync_applies_ok=1, sync_expected=2,
     )
 
 
@@ -44,8 +44,9 @@ def test_a_clean_outcome_passes() -> None:
     ({"credentials_undecryptable": 3}, "3 of 1500 credentials do not decrypt"),
     ({"credentials_behind": 40}, "40 of 1500 credentials are not on the latest key version (v2)"),
     ({"rotation_status": "paused"}, "the pepper rotation ended paused"),
-    ({"applied_revisions": {"fr-synct00000": 2}}, "applied more than once (e.g. fr-synct00000 at revision 2)"),
+    ({"applied_revisions": {"fr-synct00000": 2, "fr-syncm00000": 1}}, "applied more than once (e.g. fr-synct00000 at revision 2)"),
     ({"sync_applies_ok": 2}, "the sync run was applied 2 times"),
+    ({"applied_revisions": {"fr-synct00000": 1}}, "the sync run applied 1 of its 2 resources"),
 ])
 def test_a_broken_outcome_is_caught(change: dict, expected: str) -> None:
     bad = check_invariants(dataclasses.replace(_good(), **change))
