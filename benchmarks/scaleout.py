@@ -780,15 +780,17 @@ class FaultRun:
             r = await self.tool(self.url(), "system_gitops_apply_sync_run", {"sync_run_id": sync_run_id},
                                 self.gitops)
             out["apply_retry"] = "applied" if not r.is_error else classify(r)[1]
-            # Automatic takeover (a scheduler tick claiming a stale lease), if the code has it: wait a bounded
-            # time for another owner to drive the job; otherwise resume it by hand on a survivor.
-            wait = 10 if self.ctx.quick else 30
+            # Automatic takeover: a surviving replica's scheduler tick (vault.resume_rotations) claims a job
+            # whose owner is gone. Wait one tick interval (and a margin) for another owner to drive it; only
+            # then resume it by hand on a survivor, and say so.
+            wait = takeover_interval() + 15
             t0 = time.monotonic()
             taken = await self.wait_job(lambda j: j["status"] not in ("running", "pending", "paused") or (
                 j["owner"] not in (None, killed_at.get("owner"))
                 and j["rewrapped"] > (killed_at.get("rewrapped") or 0)), wait)
             if taken is not None:
-                out["takeover"] = f"taken over automatically by another replica after {time.monotonic() - t0:.1f} s"
+                out["takeover"] = (f"taken over automatically by a surviving replica's scheduler tick (every "
+                                   f"{takeover_interval():.0f} s) {time.monotonic() - t0:.1f} s after the kill")
             else:
                 out["takeover"] = (f"not taken over automatically within {wait} s; "
                                    + await self.resume(job_id, "after the SIGKILL"))
@@ -864,6 +866,15 @@ class FaultRun:
     def fault(self, phase: str) -> None:
         self.notes.setdefault("order", "")
         self.notes["order"] += phase + "; "
+
+
+def takeover_interval() -> float:
+    """Seconds between the scheduler's rotation-resume ticks (the bound on an automatic takeover)."""
+    try:
+        from fleet_mcp.vault.jobs import RESUME_INTERVAL
+    except ImportError:
+        return 60.0
+    return float(RESUME_INTERVAL)
 
 
 async def seed_credentials(cl: Cluster, n: int) -> None:
