@@ -24,10 +24,6 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="sqlite+aiosqlite:///… or postgresql+asyncpg://…; default SQLite in the data dir."
     )
-    sqlite_driver: Literal["inline", "aiosqlite"] = Field(
-        default="inline",
-        description="SQLite driver: inline (statements on the event loop's thread) or aiosqlite (a worker thread).",
-    )
     policy: Path = Field(default=DEFAULT_POLICY, description="Intervention policy file.")
     allow_local_repos: bool = Field(default=False, description="Allow file:// and local-path git repositories.")
 
