@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,15 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dict[str, str]) -> str:
+def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dict[str, str],
+                    families: Sequence[str] | None = None) -> str:
+    """`families`: the families the suite has today (default: those of the run that wrote `results`)."""
     m = results["machine"]
     figures = [Figure.from_json(f) for f in results["figures"]]
     quick = results["mode"] == "quick"
     # A family no longer in benchmarks.FAMILIES (its subject was removed) keeps its last figures as a record
     # of the decision they supported; its rows judge nothing today, so they are left out of "Missed".
-    order = results.get("family_order") or list(results["families"])
+    order = list(families if families is not None else results.get("family_order") or results["families"])
     retired = {fam for fam in results["families"] if fam not in order}
     out: list[str] = []
     if not quick:
