@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     oauth_allow_http_loopback: bool = Field(
         default=False, description="Allow http:// issuer/JWKS/introspection URLs on loopback hosts (tests only).")
     oauth_introspection_url: str | None = Field(default=None, description="RFC 7662 endpoint for opaque tokens.")
+    oauth_introspection_cache_ttl: float = Field(
+        default=30.0, ge=0, le=300,
+        description="Seconds an 'active' introspection answer is reused for the same token (never past its exp; "
+                    "0: ask every time). A token revoked at the authorization server is accepted at most this long.",
+    )
     oauth_client_id: str | None = Field(default=None, description="fleet-mcp's client id at the introspection endpoint.")
     oauth_client_secret: SecretStr | None = None
     oauth_read_scope: str = Field(default="fleet:read", description="Scope every OAuth request needs ('' = none).")
