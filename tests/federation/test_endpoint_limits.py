@@ -133,3 +133,38 @@ async def test_channel_certificates_renew_before_they_expire_and_the_channel_kee
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_scan_reports_a_channel_certificate_that_was_not_renewed(tmp_path: Path) -> None:
+    """Renewal runs at 2/3 of the life; a certificate past 5/6 (or expired) means it failed: a high finding
+    naming the last renewal error, none for a fresh certificate or a revoked peer."""
+    import datetime as dt
+
+    from fleet_mcp.federation import instance, pki
+    from fleet_mcp.federation.governance import scan_peers
+    from fleet_mcp.federation.models import FederationPeer, FederationRemote
+    from fleet_mcp.federation.remote import _csr_and_key
+
+    ident = instance.load_or_create(tmp_path)
+    issued = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    cert = ident.sign_channel_csr(_csr_and_key()[0], label="peer-1", now=issued, lifetime=dt.timedelta(days=30))
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+
+    def kinds(status: str, now: dt.datetime) -> list[tuple[str, str]]:
+        peer = FederationPeer(id=1, local_account_id=1, remote_account_id=2, status=status, failed_attempts=0,
+                              proposed_at=issued)
+        link = FederationRemote(peer_id=1, role="acceptor", local_account_id=2, remote_domain="acme.fleet.test",
+                                remote_instance_id="inst-0123456789abcdef", remote_peer_id=7,
+                                bundle_fetched_at=now, refresh_hint=300, bundle_sequence=1,
+                                outbound_channel_cert_pem=pki.cert_to_pem(cert),
+                                last_error_kind="channel_renewal_failed", last_error="the other instance refused")
+        found = scan_peers([peer], [], now=now, account_names={1: "acme@x", 2: "globex"},
+                           account_domains={1: "acme.fleet.test", 2: "globex.fleet.test"}, remotes={1: link})
+        return [(f.kind, f.message) for f in found if f.kind == "channel_cert_expiring"]
+
+    assert kinds("active", start + (end - start) * 0.7) == []  # due for renewal, not alarming yet
+    [(_, message)] = kinds("active", start + (end - start) * 0.9)
+    assert "was not renewed" in message and "the other instance refused" in message
+    [(_, message)] = kinds("accepted", end + dt.timedelta(seconds=1))
+    assert "expired" in message
+    assert kinds("revoked", end + dt.timedelta(seconds=1)) == []
