@@ -1,6 +1,6 @@
 """The console's federation panel with a peer on another fleet-mcp instance, in Chromium: two real `fleet-mcp
 serve` processes (own data dirs, databases, keyrings, federation listeners), each operator on its own console.
-acme proposes to globex on the other instance and copies the peering token (shown once); globex pastes it; both
+acme proposes to globex on the other instance and copies the peering token (shown once); globex pastes it (a replaced token is refused); both
 panels list the peer with the other instance, its bundle sequence and last refresh; refresh, handshake, suspend
 (pushed, and only its holder may resume), resume and revoke (typed confirmation) are clicks through the gate."""
 
@@ -77,7 +77,30 @@ def test_remote_peer_propose_paste_refresh_handshake_suspend_resume_revoke(brows
         expect(acme.page.locator("main")).not_to_contain_text(secret)
         expect(acme.page.locator("td.remote-instance")).to_contain_text("not claimed yet")
 
-        # globex pastes it: the confirmation masks it; the accept dials acme's endpoint and checks the pin.
+        # A new peering token replaces it (the first one stops working); also shown once.
+        _open_peer(acme)
+        expect(acme.page.locator("main")).not_to_contain_text(secret)
+        acme.page.click("button:has-text('New peering token')")
+        _confirm(acme.page)
+        stale, token = token, acme.page.locator("#peering-token").inner_text().strip()
+        assert token.startswith("fmcp-peering-v1.") and token != stale
+        body = token.split(".", 1)[1]
+        doc = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        secret = doc["tok"]
+        acme.page.click("#continue")
+        expect(acme.page.locator("main")).not_to_contain_text(secret)
+
+        # globex first pastes the replaced token: refused, nothing stored there.
+        globex.go("/federation")
+        form = globex.page.locator("form:has(button:has-text('Accept from another instance'))")
+        form.locator("input[name=peering_token]").fill(stale)
+        form.locator("button").click()
+        _confirm(globex.page)
+        expect(globex.page.locator("#outcome")).to_contain_text("not valid")
+        globex.go("/federation")
+        expect(globex.page.locator("main")).to_contain_text("No federation peers.")
+
+        # globex pastes the new one: the confirmation masks it; the accept dials acme's endpoint and checks the pin.
         globex.go("/federation")
         form = globex.page.locator("form:has(button:has-text('Accept from another instance'))")
         form.locator("input[name=peering_token]").fill(token)
