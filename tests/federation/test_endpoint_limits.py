@@ -50,9 +50,12 @@ def test_source_key_counts_ipv6_per_64_and_mapped_ipv4_as_ipv4() -> None:
 
 async def test_a_source_over_its_rate_is_refused_at_once_and_others_are_not(tmp_path: Path) -> None:
     a = _instance(tmp_path, "eu-west", "acme", "acme.eu-west.fleet.example")
+    b = _instance(tmp_path, "us-east", "globex", GLOBEX)
     a.env.update(FLEET_MCP_FEDERATION_RATE_BURST="3", FLEET_MCP_FEDERATION_RATE_PER_SECOND="0.001")
     a.start()
+    b.start()
     try:
+        _, token = await propose(a)  # through /mcp: the federation listener's budget is untouched
         for _ in range(3):
             status, _, body = await _raw(a.fed_port, "GET", "/federation/v1/instance", None)
             assert status == 200 and body["instance_id"].startswith("inst-")
@@ -71,8 +74,16 @@ async def test_a_source_over_its_rate_is_refused_at_once_and_others_are_not(tmp_
                                      source="127.0.0.3")
         assert status == 401 and body["error"]["code"] == "invalid_token", body
         assert ("federation.establish", "refused") in _audit_tools(a)
+        # Another instance behind the exhausted address gets a clear error, and nothing is stored there.
+        async with b.client() as c:
+            ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": token})
+            assert not ok and r["error"]["code"] == "rate_limited", r
+            assert "too many requests" in r["error"]["message"]
+            ok, r = await call(c, "system_sdwan_list_federation_peers")
+            assert ok and r["count"] == 0, r
     finally:
         a.stop()
+        b.stop()
 
 
 def _audit_tools(inst: Instance) -> list[tuple[str, str]]:

@@ -606,6 +606,8 @@ class RemoteFederation:
             except (ExternalError, InvalidArgument) as exc:
                 errors.append(exc.message)
                 continue
+            if status == 429:
+                raise _rate_limited(endpoint, answer)
             try:
                 ca = pki.load_cert(str(answer.get("instance_ca_pem", "")))
             except ValueError:
@@ -643,6 +645,8 @@ def _refusal_error(status: int, answer: dict[str, Any], peer_id: int) -> FleetEr
             hint="ask the proposing operators to run system_sdwan_regenerate_acceptance_token",
             federation_peer_id=peer_id,
         )
+    if status == 429 and code == "rate_limited":
+        return _rate_limited("the proposing instance", answer)
     if status == 429:
         return RateLimited("the proposal is locked after repeated failed attempts", hint="try again later")
     message = (answer.get("error") or {}).get("message", f"status {status}")
@@ -650,4 +654,13 @@ def _refusal_error(status: int, answer: dict[str, Any], peer_id: int) -> FleetEr
         f"the proposing instance refused the establishment: {message}",
         hint="nothing was stored here; check the proposal with its operators",
         federation_peer_id=peer_id,
+    )
+
+
+def _rate_limited(where: str, answer: dict[str, Any]) -> FleetError:
+    """The other endpoint's per-source rate limit refused this instance's request (nothing was done there)."""
+    message = str((answer.get("error") or {}).get("message", ""))[:200]
+    return RateLimited(
+        f"{where} refused the request: too many requests from this instance's address ({message})",
+        hint="nothing was stored; try again after the time it names",
     )
