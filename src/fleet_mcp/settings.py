@@ -128,6 +128,19 @@ class Settings(BaseSettings):
     federation_refresh_seconds: int = Field(
         default=300, ge=30, le=3600, description="Seconds between polls of remote instances' trust bundles."
     )
+    federation_rate_burst: int = Field(
+        default=30, ge=1, le=10_000,
+        description="Requests one source address may send the federation endpoint in a burst (per kind: "
+        "without a client certificate, and channel requests); more are refused with 429 at once.",
+    )
+    federation_rate_per_second: float = Field(
+        default=1.0, gt=0, le=1000, description="Rate at which a source's federation request budget refills."
+    )
+    federation_channel_cert_seconds: int = Field(
+        default=365 * 86_400, ge=60, le=2 * 365 * 86_400,
+        description="Lifetime of the channel client certificates this instance issues to its peers; each side "
+        "renews its own over the channel at two thirds of its life.",
+    )
 
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")
     max_concurrent_calls: int = Field(default=256, ge=1, description="Calls one process runs at once; more are "
