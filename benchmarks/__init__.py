@@ -3,5 +3,4 @@
 from __future__ import annotations
 
 #: Families in run order; each is a module `benchmarks.<name>` with TITLE, DESCRIPTION and `async run(ctx)`.
-FAMILIES = ("toolcalls", "sqlitedriver", "gitops", "rotation", "federation", "console", "memory",
-            "scaleout")
+FAMILIES = ("toolcalls", "gitops", "rotation", "federation", "console", "memory", "scaleout")

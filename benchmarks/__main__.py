@@ -92,7 +92,7 @@ def render(results: dict[str, Any], *, quick_over_full: bool = False) -> None:
         plot_rel = Path("..", PLOT.relative_to(ROOT)).as_posix()
         print(f"plot: {PLOT.relative_to(ROOT)} ({writer})")
     DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(render_markdown(results, plot_rel, FINDINGS))
+    DOCS.write_text(render_markdown(results, plot_rel, FINDINGS, FAMILIES))
     print(f"report: {DOCS.relative_to(ROOT)}")
     # docs/RELIABILITY.md: the scale-out family's own page, generated the same way.
     write_reliability(results, allow_quick_over_full=quick_over_full)

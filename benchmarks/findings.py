@@ -17,7 +17,7 @@ _CALL = (
     "processing, greenlet switches, ORM row loading). Around the gate the MCP layer adds work the echo tool "
     "does not pay: the structured result is validated against the output model in the server and against the "
     "output schema (jsonschema) in the client, and serialised twice (text and structured). Applied: SQLite "
-    "statements on the event loop (`fleet_mcp.db.sqlite_inline`, see the SQLite driver family), read-only tools "
+    "statements on aiosqlite (see the retired SQLite driver family for why not inline), read-only tools "
     "on a write-refusing engine, group-committed audit rows for reads and refusals, no savepoint for unshared "
     "writes, hot statements built once, self-contained output schemas. Next: take the hot paths off "
     "SQLAlchemy's execution layer (the audit append as prepared statements on the driver connection, read "
@@ -86,14 +86,13 @@ FINDINGS: dict[str, str] = {
         "Cause: see the scan growth row — the prefix-overlap check in `governance.scan_peers` is quadratic."
     ),
     "sqlitedriver": (
-        "This family decides the SQLite driver; it does not judge fleet-mcp. A missed speed-up means the inline "
-        "driver does not buy enough over aiosqlite to be kept by the rule. Over stdio the two are alike; over "
-        "streamable HTTP the inline driver is slower per call (also on the code before its move to public "
-        "SQLAlchemy API, and not from lock waits: no SQLITE_BUSY retry happens) — a suspected interplay of a "
-        "handler that never yields with the HTTP transport's writes, not yet profiled. The shipped default stays "
-        "inline until aiosqlite is safe to cancel: a cancelled statement on aiosqlite leaves its SQLite "
-        "transaction, and so the database's write lock, open until garbage collection "
-        "(tests/core/test_sqlite_inline.py::test_cancelled_bulk_statement_leaves_the_connection_usable"
-        "[aiosqlite] fails), while the inline driver interrupts and rolls back."
+        "These rows decided the SQLite driver by the rule that an inline driver (statements on the event "
+        "loop's thread) is kept only if it is at least 1.5× faster than aiosqlite on every tool-call figure. "
+        "It was not: alike over stdio, slower over streamable HTTP. The inline driver was removed and fleet-mcp "
+        "runs on aiosqlite. What had kept the inline driver as the default was a cancelled statement on "
+        "aiosqlite leaving its connection as a SQLite 'zombie' that held the write lock until garbage "
+        "collection; `fleet_mcp.db.sqlite.ClosingConnection` closes the cursors and rolls back before closing "
+        "(tests/core/test_sqlite_driver.py::test_cancelled_bulk_statement_leaves_the_connection_usable fails "
+        "without it). The tool-call family's figures since then are on aiosqlite."
     ),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,16 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dict[str, str]) -> str:
+def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dict[str, str],
+                    families: Sequence[str] | None = None) -> str:
+    """`families`: the families the suite has today (default: those of the run that wrote `results`)."""
     m = results["machine"]
     figures = [Figure.from_json(f) for f in results["figures"]]
     quick = results["mode"] == "quick"
+    # A family no longer in benchmarks.FAMILIES (its subject was removed) keeps its last figures as a record
+    # of the decision they supported; its rows judge nothing today, so they are left out of "Missed".
+    order = list(families if families is not None else results.get("family_order") or results["families"])
+    retired = {fam for fam in results["families"] if fam not in order}
     out: list[str] = []
     if not quick:
         out.append(FULL_MARKER)
@@ -110,8 +117,9 @@ def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dic
         met = sum(1 for f in fs if f.met is True)
         missed = sum(1 for f in fs if f.met is False)
         na = sum(1 for f in fs if not f.available)
-        out.append(f"| [{meta['title']}](#{_anchor(meta['title'])}) | {len(fs)} | {met} | {missed} | {na} |")
-    missed_all = [f for f in figures if f.met is False]
+        title = _title(meta, fam in retired)
+        out.append(f"| [{title}](#{_anchor(title)}) | {len(fs)} | {met} | {missed} | {na} |")
+    missed_all = [f for f in figures if f.met is False and f.family not in retired]
     out.append("")
     if missed_all:
         out.append("Missed: " + "; ".join(f"{f.label} ({_ratio(f)}, target {f.target_text})" for f in missed_all)
@@ -120,7 +128,10 @@ def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dic
         out.append("No stated target was missed in this run.")
     for fam, meta in results["families"].items():
         fs = [f for f in figures if f.family == fam]
-        out += ["", f"## {meta['title']}", "", meta.get("description", ""), ""]
+        out += ["", f"## {_title(meta, fam in retired)}", "", meta.get("description", ""), ""]
+        if fam in retired:
+            out += ["*Retired:* `python -m benchmarks` no longer runs this family; its last figures stay here as "
+                    "the record of a decision. " + findings.get(fam, ""), ""]
         fm = meta.get("machine")
         out += [f"Measured on {_machine_text(fm)}." if fm else
                 "The machine and commit were not recorded with this family's results (an older results file); "
@@ -145,7 +156,8 @@ def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dic
                        f"{_result(f)} |")
         cmd = fs[0].command if fs else f"python -m benchmarks --only {fam}"
         took = f"took {meta.get('duration_s', 0):.0f} s, measured {meta.get('ran_at', '?')[:16]}"
-        out += ["", f"Rerun any row of this table: `{cmd}` ({took})"]
+        out += ["", f"Measured with `{cmd}` ({took}); that command no longer exists." if fam in retired
+                else f"Rerun any row of this table: `{cmd}` ({took})"]
         if notes:
             out.append("")
             out += [f"{i}. {_md_escape(n)}" for i, n in enumerate(notes, 1)]
@@ -178,6 +190,10 @@ def render_markdown(results: dict[str, Any], plot_rel: str | None, findings: dic
         out += ["", "Not measured in this run: " + "; ".join(f"{_md_escape(f.label)} ({_md_escape(f.note)})"
                                                              for f in na) + "."]
     return "\n".join(out) + "\n"
+
+
+def _title(meta: dict[str, Any], retired: bool) -> str:
+    return f"{meta['title']} (retired)" if retired else str(meta["title"])
 
 
 def _machine_text(m: dict[str, Any]) -> str:

@@ -113,9 +113,9 @@ class App:
         await anyio.to_thread.run_sync(self._prepare_storage, url, migrate_db)
         # Keyed argument digests: one key per deployment, set before any call.
         audit.set_digest_key(await anyio.to_thread.run_sync(audit.digest_key_for, s))
-        self.engine = create_engine(url, write_lock=self.write_lock, sqlite_driver=s.sqlite_driver)
+        self.engine = create_engine(url, write_lock=self.write_lock)
         self.sessionmaker = make_sessionmaker(self.engine)
-        self._read_engine = create_engine(url, readonly=True, sqlite_driver=s.sqlite_driver)
+        self._read_engine = create_engine(url, readonly=True)
         self.read_sessionmaker = make_sessionmaker(self._read_engine)
         self.audit_writer = audit.AuditWriter(self.engine, self.write_lock)
         self.policy = self._load_policy()

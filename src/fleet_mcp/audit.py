@@ -52,13 +52,22 @@ class AuditUnavailable(ExternalError):
                          hint="check the server's database and log, then retry the call")
 
 
-class TooManyInvalidCalls(RateLimited):
-    """A principal sent more invalid calls than its budget; the call was neither run nor recorded."""
+#: Refused calls that cost an audit row each and are budgeted per principal: decision -> (what, hint).
+LIMITED_DECISIONS = {
+    "invalid": ("invalid", "fix the arguments (see the tool's input schema) before calling again"),
+    "deny": ("denied", "the policy or your roles deny this call: system_policy_explain says why; ask an admin "
+                       "instead of retrying"),
+}
 
-    def __init__(self, principal: str, retry_after: int) -> None:
-        super().__init__(f"too many invalid calls from {principal}, retry after {retry_after} s",
-                         hint="fix the arguments (see the tool's input schema) before calling again",
-                         retry_after_s=retry_after)
+
+class TooManyInvalidCalls(RateLimited):
+    """A principal sent more invalid (or denied) calls than its budget; the call was neither run nor
+    recorded."""
+
+    def __init__(self, principal: str, retry_after: int, decision: str = "invalid") -> None:
+        what, hint = LIMITED_DECISIONS[decision]
+        super().__init__(f"too many {what} calls from {principal}, retry after {retry_after} s",
+                         hint=hint, retry_after_s=retry_after)
 
 
 def is_secret_key(key: str) -> bool:
@@ -299,25 +308,28 @@ class AuditWriter:
         """Queue one row (keywords of `build_row`), wait until it is committed; returns its seq. Raises
         AuditUnavailable when the database refused the batch, TooManyInvalidCalls when an invalid call is
         over its principal's budget (after writing the streak's one summary row)."""
-        if fields.get("decision") == "invalid":
-            fields = await self._limit_invalid(fields)
+        if fields.get("decision") in LIMITED_DECISIONS:
+            fields = await self._limit_refused(fields)
         return await self._append_row(build_row(**fields))
 
-    async def _limit_invalid(self, fields: dict[str, Any]) -> dict[str, Any]:
-        principal = str(fields.get("principal", ""))
-        wait = self.limiter.check(principal)
+    async def _limit_refused(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Invalid and denied calls each have a per-principal budget (separate buckets)."""
+        principal, decision = str(fields.get("principal", "")), str(fields["decision"])
+        what = LIMITED_DECISIONS[decision][0]
+        bucket = principal if decision == "invalid" else f"{decision}\x00{principal}"
+        wait = self.limiter.check(bucket)
         if wait is None:
-            refused = self.limiter.take_refused(principal)
+            refused = self.limiter.take_refused(bucket)
             if refused:
-                fields = {**fields, "detail": {**(fields.get("detail") or {}), "refused_invalid_calls": refused}}
+                fields = {**fields, "detail": {**(fields.get("detail") or {}), f"refused_{what}_calls": refused}}
             return fields
         if wait.first:
             await self._append_row(build_row(
                 principal=principal, account=fields.get("account", ""), tool=fields.get("tool", ""), arguments={},
-                decision="invalid", outcome="rate_limited",
-                detail={"reason": "too many invalid calls; further ones are refused and counted, not recorded",
+                decision=decision, outcome="rate_limited",
+                detail={"reason": f"too many {what} calls; further ones are refused and counted, not recorded",
                         "retry_after_s": wait.seconds}))
-        raise TooManyInvalidCalls(principal, wait.seconds)
+        raise TooManyInvalidCalls(principal, wait.seconds, decision)
 
     async def _append_row(self, row: dict[str, Any]) -> int:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -24,10 +24,6 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="sqlite+aiosqlite:///… or postgresql+asyncpg://…; default SQLite in the data dir."
     )
-    sqlite_driver: Literal["inline", "aiosqlite"] = Field(
-        default="inline",
-        description="SQLite driver: inline (statements on the event loop's thread) or aiosqlite (a worker thread).",
-    )
     policy: Path = Field(default=DEFAULT_POLICY, description="Intervention policy file.")
     allow_local_repos: bool = Field(default=False, description="Allow file:// and local-path git repositories.")
 
@@ -68,6 +64,11 @@ class Settings(BaseSettings):
     oauth_allow_http_loopback: bool = Field(
         default=False, description="Allow http:// issuer/JWKS/introspection URLs on loopback hosts (tests only).")
     oauth_introspection_url: str | None = Field(default=None, description="RFC 7662 endpoint for opaque tokens.")
+    oauth_introspection_cache_ttl: float = Field(
+        default=30.0, ge=0, le=300,
+        description="Seconds an 'active' introspection answer is reused for the same token (never past its exp; "
+                    "0: ask every time). A token revoked at the authorization server is accepted at most this long.",
+    )
     oauth_client_id: str | None = Field(default=None, description="fleet-mcp's client id at the introspection endpoint.")
     oauth_client_secret: SecretStr | None = None
     oauth_read_scope: str = Field(default="fleet:read", description="Scope every OAuth request needs ('' = none).")
@@ -126,6 +127,19 @@ class Settings(BaseSettings):
     )
     federation_refresh_seconds: int = Field(
         default=300, ge=30, le=3600, description="Seconds between polls of remote instances' trust bundles."
+    )
+    federation_rate_burst: int = Field(
+        default=30, ge=1, le=10_000,
+        description="Requests one source address may send the federation endpoint in a burst (per kind: "
+        "without a client certificate, and channel requests); more are refused with 429 at once.",
+    )
+    federation_rate_per_second: float = Field(
+        default=1.0, gt=0, le=1000, description="Rate at which a source's federation request budget refills."
+    )
+    federation_channel_cert_seconds: int = Field(
+        default=365 * 86_400, ge=60, le=2 * 365 * 86_400,
+        description="Lifetime of the channel client certificates this instance issues to its peers; each side "
+        "renews its own over the channel at two thirds of its life.",
     )
 
     scheduler: bool = Field(default=True, description="Run background jobs inside `serve`.")

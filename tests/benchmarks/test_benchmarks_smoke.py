@@ -89,6 +89,19 @@ def test_report_states_floors_ratios_misses_and_rerun_commands() -> None:
     json.dumps(merged)
 
 
+def test_a_retired_family_stays_as_a_record_and_judges_nothing() -> None:
+    """A family whose subject was removed (not in the run's family order) keeps its last figures, marked
+    retired with its finding beside them; its missed rows are not listed as today's misses."""
+    old = _results("gone", 2.0)  # a missed row
+    current = _results("a", 0.6)
+    merged = merge(old, current)
+    assert set(merged["families"]) == {"gone", "a"}
+    md = render_markdown(merged, None, {"gone": "why it was retired"})
+    assert "## GONE (retired)" in md and "why it was retired" in md and "no longer exists" in md
+    assert "**MISSED**" in md  # its row still shows what it measured
+    assert "No stated target was missed in this run." in md and "Nothing was missed in this run." in md
+
+
 def test_a_row_with_error_results_is_judged_missed(tmp_path: Path) -> None:
     from benchmarks.common import RunContext
 

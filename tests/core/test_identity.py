@@ -258,6 +258,35 @@ async def test_invalid_calls_beyond_the_budget_are_refused_and_summarised(client
     assert last.outcome == "invalid_arguments" and last.detail["refused_invalid_calls"] == 7
 
 
+async def test_denied_calls_beyond_the_budget_are_refused_and_summarised(app) -> None:  # noqa: ANN001
+    """An agent looping on a call it may not make costs one audit row per call until its budget is spent,
+    then one summary row; its invalid-call budget is a separate bucket, and allowed calls are never limited."""
+    from fleet_mcp.ratelimit import InvalidCallLimiter
+    from tests.conftest import call_as, make_caller
+
+    clock = FakeClock()
+    app.audit_writer.limiter = InvalidCallLimiter(burst=2, per_second=0.5, clock=clock)
+    viewer = await make_caller(app, "acme", "vic", ("viewer",))
+    start = await _last_seq(app)
+    denied = [await call_as(app, viewer, "system_put_template", {"name": f"w{i}", "spec": {}}) for i in range(6)]
+    assert [out.data.get("status") for out in denied[:2]] == ["denied"] * 2
+    for out in denied[2:]:
+        err = out.data["error"]
+        assert err["code"] == "rate_limited" and err["subject"]["retry_after_s"] == 2
+        assert "too many denied calls from acme/vic" in out.message and "system_policy_explain" in out.message
+    out = await call_as(app, viewer, "system_put_template", {"name": "w", "bogus": 1})  # its own budget
+    assert out.data["status"] == "invalid_arguments"
+    out = await call_as(app, viewer, "system_list_templates", {})
+    assert out.ok, out.message
+    rows = await _audit_rows_after(app, start)
+    assert [row.outcome for row in rows] == ["denied", "denied", "rate_limited", "invalid_arguments", "ok"]
+    clock.now += 2
+    out = await call_as(app, viewer, "system_put_template", {"name": "again", "spec": {}})
+    assert out.data["status"] == "denied"
+    last = (await _audit_rows_after(app, start))[-1]
+    assert last.outcome == "denied" and last.detail["refused_denied_calls"] == 4
+
+
 # -- a damaged database is refused clearly ---------------------------------------------------------------------
 def _damaged(tmp_path: Path, kind: str) -> tuple[dict[str, str], Path]:
     db = tmp_path / "fleet.db"

@@ -202,6 +202,10 @@ async def test_propose_accept_refresh_suspend_and_revoke_across_instances(two) -
         # The handshake fails now: revocation on B broke it on A.
         ok, r = await call(c, "system_sdwan_verify_federation_handshake", {"federation_peer_id": peer_a})
         assert ok and not r["ok"] and "verif" in r["directions"][0]["error"], r
+    async with b.client() as c:  # and in the other direction, from B's node to A's
+        ok, r = await call(c, "system_sdwan_verify_federation_handshake", {"federation_peer_id": peer_b})
+        assert ok and not r["ok"] and r["directions"][0]["from"] == "globex", r
+        assert r["federation_peer"]["status"] == "revoked"
 
 
 async def _nothing_on(b: Instance) -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import services
 from tests.oauth.conftest import OTHER_RESOURCE, Stack
 from tests.oauth.oidc import ROOT, new_key, post_mcp
@@ -85,3 +87,35 @@ def test_inspector_cli_connects_with_a_token_from_the_provider(stack: Stack) -> 
     proc = subprocess.run([inspector, "--cli", stack.mcp_url, "--transport", "http", "--method", "tools/list"],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0  # no token, no tools
+
+
+@pytest.mark.anyio
+async def test_introspection_answers_are_reused_briefly_refusals_never(stack: Stack,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One opaque token on every request of a session costs one introspection per cache lifetime, not one per
+    request; a refused token is asked again each time; the cache holds a digest, never the token; a lifetime
+    of 0 asks every time. Against the real provider's RFC 7662 endpoint."""
+    from fleet_mcp.oauth.config import OAuthConfig
+    from fleet_mcp.oauth.verifier import FleetTokenVerifier, TokenRefused
+    from fleet_mcp.settings import Settings
+
+    for k, v in stack.env.items():
+        if k.startswith("FLEET_MCP_"):
+            monkeypatch.setenv(k, v)
+    token = stack.provider.token("vera", client_id="fleet-opaque", scope="fleet:read")["access_token"]
+    other = stack.provider.token("vera", client_id="fleet-opaque", resource=OTHER_RESOURCE)["access_token"]
+    for ttl, asks in ((30.0, 1), (0.0, 3)):
+        cfg = OAuthConfig.from_settings(Settings(oauth_introspection_cache_ttl=ttl))
+        assert cfg is not None
+        verifier = FleetTokenVerifier(cfg)
+        try:
+            subjects = {(await verifier.verify(token)).subject for _ in range(3)}
+            assert subjects == {"vera"} and verifier.introspection_requests == asks
+            before = verifier.introspection_requests
+            for _ in range(2):
+                with pytest.raises(TokenRefused, match="audience"):
+                    await verifier.verify(other)
+            assert verifier.introspection_requests == before + 2
+            assert all(token.encode() not in key and len(key) == 32 for key in verifier._introspected)
+        finally:
+            await verifier.close()

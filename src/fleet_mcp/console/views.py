@@ -93,6 +93,8 @@ def result_view(spec: ToolSpec, outcome: CallOutcome) -> dict[str, Any]:
     if outcome.ok and "acceptance_token" in data:
         shown["token"] = data["acceptance_token"]
         shown["token_expires_at"] = data.get("acceptance_token_expires_at")
+    if outcome.ok and data.get("peering_token"):
+        shown["peering_token"] = data["peering_token"]  # for another instance: the acceptance token is inside it
     if outcome.ok and isinstance(data.get("directions"), list):
         shown["handshake"] = data
     if data.get("status") == "approval_required":
@@ -100,7 +102,7 @@ def result_view(spec: ToolSpec, outcome: CallOutcome) -> dict[str, Any]:
     job_id = _job_id(data) or _job_id(data.get("result")) or _job_id((data.get("approval") or {}).get("result"))
     if job_id:
         shown["job_id"] = job_id
-    body = {k: v for k, v in data.items() if k != "acceptance_token"}
+    body = {k: v for k, v in data.items() if k not in ("acceptance_token", "peering_token")}
     shown["body"] = body
     return shown
 
@@ -204,12 +206,14 @@ async def federation(calls: Calls) -> dict[str, Any]:
         by_status.setdefault(peer["status"], []).append(peer)
     order = ["proposed", "accepted", "active", "suspended", "revoked"]
     groups = [(s, by_status[s]) for s in order if s in by_status]
-    incoming = [p for p in peers if p["status"] == "proposed" and p["remote_account"] == calls.caller.account_name]
+    incoming = [p for p in peers if p["status"] == "proposed" and p["remote_account"] == calls.caller.account_name
+                and not p.get("remote_instance")]
     scan = await calls.get("system_sdwan_federation_scan")
     findings = sorted(scan["findings"], key=lambda f: SEVERITY_ORDER.get(f["severity"], 9))
     return {"groups": groups, "incoming": incoming, "findings": findings, "severity": scan["severity_summary"],
             "may_propose": calls.may("system_sdwan_propose_federation_peer"),
-            "may_accept": calls.may("system_sdwan_accept_federation_peer")}
+            "may_accept": calls.may("system_sdwan_accept_federation_peer"),
+            "may_accept_remote": calls.may("system_sdwan_accept_remote_federation_peer")}
 
 
 async def peer(calls: Calls, fid: int) -> dict[str, Any]:
@@ -218,13 +222,20 @@ async def peer(calls: Calls, fid: int) -> dict[str, Any]:
     other = p["remote_account"] if p["local_account"] == me else p["local_account"]
     t = set(p["allowed_transitions"])
     manage = calls.may("system_sdwan_verify_federation_handshake", federation_peer_id=fid)
+    remote = p.get("remote_instance") or {}
+    # Only a side that holds a suspension can lift it (the other side's, e.g. another instance's, stays).
+    holds = me in p.get("suspended_by", []) or not p.get("suspended_by")
     return {"peer": p, "other": other,
+            "may_refresh": bool(remote.get("remote_peer_id")) and p["status"] != "revoked"
+            and calls.may("system_sdwan_refresh_federation_peer", federation_peer_id=fid),
+            "may_regenerate": bool(remote) and p["status"] == "proposed" and remote.get("role") == "proposer"
+            and calls.may("system_sdwan_regenerate_acceptance_token", federation_peer_id=fid),
             "may_accept": p["status"] == "proposed" and p["remote_account"] == me
             and calls.may("system_sdwan_accept_federation_peer"),
             # Suspended and revoked peers are checked too: their handshake is expected to fail.
             "may_handshake": manage and p["status"] != "proposed",
             "may_suspend": "suspended" in t and calls.may("system_sdwan_suspend_federation_peer"),
-            "may_resume": p["status"] == "suspended" and calls.may("system_sdwan_resume_federation_peer"),
+            "may_resume": p["status"] == "suspended" and holds and calls.may("system_sdwan_resume_federation_peer"),
             "may_revoke": "revoked" in t and calls.may("system_sdwan_revoke_federation_peer")}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from fleet_mcp.db import sqlite_inline
+from fleet_mcp.db import sqlite
 from fleet_mcp.db.uow import WriteLock
 
 
@@ -16,22 +16,18 @@ def is_sqlite(url: str) -> bool:
 
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, readonly: bool = False,
-                  write_lock: WriteLock | None = None, sqlite_driver: sqlite_inline.Driver = "inline"
-                  ) -> AsyncEngine:
+                  write_lock: WriteLock | None = None) -> AsyncEngine:
     """Create an async engine. On SQLite every write transaction begins IMMEDIATE (it takes the write lock
     up front, so a transaction that reads then writes queues instead of failing "database is locked"), on
-    the chosen driver (`inline` runs short statements on the loop, `aiosqlite` on a thread per connection).
+    aiosqlite (`fleet_mcp.db.sqlite`).
     A `readonly` engine refuses writes (SQLite `query_only`, PostgreSQL read-only transactions); on SQLite
     it begins plain (deferred) transactions: in WAL mode readers never wait for the writer.
     `write_lock` is told when a write transaction begins and ends, so a unit of work that begins a second
     write transaction fails at once instead of waiting on itself. Bound parameters never appear in SQL error
     messages or logs (they can hold ciphertexts and digests)."""
     if is_sqlite(url):
-        engine = create_async_engine(url, echo=echo, hide_parameters=True,
-                                     **sqlite_inline.engine_options(url, sqlite_driver))
-        sqlite_inline.remember(engine, sqlite_driver)
-        _install_sqlite_pragmas(engine, readonly=readonly, busy_timeout_ms=sqlite_inline.busy_timeout_ms(sqlite_driver),
-                                write_lock=write_lock)
+        engine = create_async_engine(url, echo=echo, hide_parameters=True, **sqlite.engine_options(url))
+        _install_sqlite_pragmas(engine, readonly=readonly, write_lock=write_lock)
     else:
         connect_args = {"server_settings": {"default_transaction_read_only": "on"}} if readonly else {}
         engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
@@ -57,16 +53,16 @@ def _install_write_guard(engine: AsyncEngine, lock: WriteLock, *, check_begin: b
     event.listen(engine.sync_engine, "rollback", _ended)
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False, busy_timeout_ms: int = 0,
-                            write_lock: WriteLock | None = None) -> None:
+def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False, write_lock: WriteLock | None = None
+                            ) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        # Inline driver: no busy timeout, it waits for another process's write lock without blocking the loop.
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # Another process's write lock is waited for on aiosqlite's worker thread, never on the event loop.
+        cur.execute(f"PRAGMA busy_timeout={int(sqlite.LOCK_TIMEOUT * 1000)}")
         if readonly:
             cur.execute("PRAGMA query_only=ON")
         cur.close()
@@ -80,7 +76,7 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, readonly: bool = False, busy
     def _on_begin(conn: Any) -> None:
         if write_lock is not None and not readonly:
             write_lock.on_begin(conn)  # refuses before BEGIN IMMEDIATE could wait on its own unit of work
-        sqlite_inline.run(conn, statement)
+        sqlite.run(conn, statement)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

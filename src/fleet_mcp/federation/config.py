@@ -26,6 +26,9 @@ class FederationConfig:
     cancel_after: int = 10
     failure_window: dt.timedelta = dt.timedelta(minutes=15)
     lockout_for: dt.timedelta = dt.timedelta(minutes=15)
+    #: Channel client certificates this instance issues to peers; holders renew at `channel_renew_at` of it.
+    channel_cert_lifetime: dt.timedelta = dt.timedelta(days=365)
+    channel_renew_at: float = 2 / 3
     handshake_timeout: float = 5.0
     #: Seconds between polls of a remote instance's bundle (sent to peers as the refresh hint).
     refresh_hint: int = 300
@@ -45,4 +48,7 @@ class FederationConfig:
             cross_cert_lifetime=dt.timedelta(days=settings.cross_cert_days),
             token_ttl_default=settings.federation_token_ttl,
             refresh_hint=getattr(settings, "federation_refresh_seconds", 300),
+            channel_cert_lifetime=dt.timedelta(
+                seconds=getattr(settings, "federation_channel_cert_seconds", 365 * 86_400)
+            ),
         )

@@ -297,6 +297,28 @@ def _bundle_stale(s: ScanInput) -> Iterable[Hit]:
             )
 
 
+def _channel_cert_expiring(s: ScanInput) -> Iterable[Hit]:
+    """The channel certificate the other instance issued to us is past 5/6 of its life (the renewal job renews
+    at 2/3) or expired: once it expires, polls, pushes and handshakes with that instance stop."""
+    from fleet_mcp.federation import pki
+
+    for p, link in _remote_links(s):
+        if p.status == PeerStatus.REVOKED.value or not link.outbound_channel_cert_pem:
+            continue
+        try:
+            cert = pki.load_cert(link.outbound_channel_cert_pem)
+        except ValueError:
+            continue
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if s.now >= start + (end - start) * 5 / 6:
+            state = "expired" if s.now >= end else f"expires {end:%Y-%m-%d %H:%M} UTC"
+            why = f" (last renewal attempt: {link.last_error})" if link.last_error_kind == "channel_renewal_failed" else ""
+            yield p, (
+                f"{s.label(p)}: our channel certificate for {link.remote_instance_id} {state} and was not "
+                f"renewed{why}; check the scheduler (`federation.renew_channel_certificates`) and the link."
+            )
+
+
 #: The scan is this table: add a finding kind by adding a rule here.
 RULES: tuple[Rule, ...] = (
     Rule("proposal_stale", "low", _proposal_stale),
@@ -314,6 +336,7 @@ RULES: tuple[Rule, ...] = (
     Rule("sequence_backwards", "high", _sequence_backwards),
     Rule("remote_bundle_refused", "high", _remote_bundle_refused),
     Rule("bundle_stale", "medium", _bundle_stale),
+    Rule("channel_cert_expiring", "high", _channel_cert_expiring),
 )
 
 

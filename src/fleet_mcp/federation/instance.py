@@ -70,21 +70,24 @@ class InstanceIdentity:
     def ca_pem(self) -> str:
         return pki.cert_to_pem(self.ca_cert)
 
-    def sign_channel_csr(self, csr_pem: str, *, label: str, now: dt.datetime | None = None) -> x509.Certificate:
-        """A client certificate for a peer's channel key: clientAuth only, no SAN, short-lived."""
+    def sign_channel_csr(
+        self, csr_pem: str, *, label: str, now: dt.datetime | None = None, lifetime: dt.timedelta = CHANNEL_LIFETIME
+    ) -> x509.Certificate:
+        """A client certificate for a peer's channel key: clientAuth only, no SAN, valid `lifetime` from now
+        (the holder renews it over the channel at two thirds of its life)."""
         csr = pki.load_csr(csr_pem)
         key = csr.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1):
             raise InvalidArgument("the channel CSR must carry an ECDSA P-256 or P-384 key")
-        start = (now or dt.datetime.now(dt.UTC)) - pki.BACKDATE
+        now = now or dt.datetime.now(dt.UTC)
         return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label[:64])]))
             .issuer_name(self.ca_cert.subject)
             .public_key(key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + CHANNEL_LIFETIME)
+            .not_valid_before(now - pki.BACKDATE)
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True

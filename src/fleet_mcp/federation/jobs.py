@@ -86,3 +86,69 @@ async def refresh_remote_bundles(app: Any) -> int:
                     detail={"outcome": outcome, "status": after},
                 )
     return changed
+
+
+def _channel_renew_interval(app: Any) -> float:
+    """A twelfth of the channel certificate lifetime (so a renewal at 2/3 of the life has several chances before
+    it expires), at least every hour and at most every 5 s."""
+    life = float(getattr(app.settings, "federation_channel_cert_seconds", 365 * 86_400))
+    return max(5.0, min(3600.0, life / 12))
+
+
+@job("federation.renew_channel_certificates", _channel_renew_interval)
+async def renew_channel_certificates(app: Any) -> int:
+    """Renew, over the channel, every channel certificate another instance issued to us that is past two thirds
+    of its life (peers not revoked). One audited unit of work per peer; a failure keeps the current certificate
+    and is recorded on the link for the scan (`channel_cert_expiring`)."""
+    if app.transit is None:  # (no listener needed here: the holder only dials the issuer)
+        return 0
+    from sqlalchemy import select
+
+    from fleet_mcp.db.base import utcnow
+    from fleet_mcp.errors import ExternalError
+    from fleet_mcp.federation.lifecycle import PeerStatus
+    from fleet_mcp.federation.listener import build_service
+    from fleet_mcp.federation.models import FederationPeer, FederationRemote
+
+    svc = build_service(app)
+    async with app.read_sessionmaker() as session:
+        ids = (
+            await session.execute(
+                select(FederationRemote.peer_id)
+                .join(FederationPeer, FederationPeer.id == FederationRemote.peer_id)
+                .where(
+                    FederationRemote.remote_peer_id.is_not(None),
+                    FederationRemote.outbound_channel_cert_pem.is_not(None),
+                    FederationPeer.status != PeerStatus.REVOKED.value,
+                )
+            )
+        ).scalars().all()
+    renewed = 0
+    for peer_id in ids:
+        async with app.unit_of_work() as uow:
+            session = uow.session
+            link = await svc.remote.remote_of(session, peer_id)
+            now = utcnow()
+            if link is None or not svc.remote.channel_renewal_due(link, now):
+                continue
+            try:
+                not_after = await svc.remote.renew_outbound(session, link, now=now)
+            except ExternalError as exc:
+                link.last_error_kind, link.last_error = "channel_renewal_failed", exc.message[:500]
+                outcome, detail = "error", {"error": exc.message}
+            else:
+                renewed += 1
+                outcome, detail = "ok", {"not_after": not_after}
+            await audit.append(
+                session,
+                principal="system/scheduler",
+                account="*",
+                tool="federation.renew_channel_certificates",
+                arguments={"federation_peer_id": peer_id},
+                decision="scheduled",
+                outcome=outcome,
+                detail=detail,
+            )
+    if renewed:
+        log.info("renewed %d federation channel certificate(s)", renewed)
+    return renewed

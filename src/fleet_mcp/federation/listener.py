@@ -5,6 +5,7 @@ gate: the other instance is authenticated by the one-time secret (establish) or 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import ssl
@@ -16,10 +17,11 @@ from fleet_mcp.db.base import utcnow
 from fleet_mcp.errors import FleetError
 from fleet_mcp.federation import instance, wire
 from fleet_mcp.federation.remote import API, Refusal
+from fleet_mcp.ratelimit import InvalidCallLimiter
 
 log = logging.getLogger(__name__)
 
-_PEER_PATH = re.compile(rf"^{API}/peers/(\d{{1,12}})/(confirm|bundle|lifecycle|probe)$")
+_PEER_PATH = re.compile(rf"^{API}/peers/(\d{{1,12}})/(confirm|bundle|lifecycle|probe|renew)$")
 _PROBE_PATH = re.compile(rf"^{API}/probe/([a-z0-9.-]{{1,253}})$")
 PROBE_TTL = 60.0
 
@@ -50,6 +52,38 @@ async def _audit(session: Any, *, who: str, tool: str, args: dict[str, Any], out
         outcome=outcome,
         detail=detail,
     )
+
+
+def source_key(address: str) -> str:
+    """The unit a rate is counted for: an IPv4 address, or the /64 of an IPv6 address (one host's share)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class SourceLimiter:
+    """Per-source token buckets in front of the endpoint, one for requests without a client certificate
+    (instance fetch, establish attempts) and one for channel requests (bundle polls, lifecycle, probes), so a
+    flood of one kind from an address does not starve its other kind. Memory is bounded (least recently seen
+    sources forgotten first)."""
+
+    def __init__(self, *, burst: int, per_second: float, max_sources: int = 10_000) -> None:
+        self._buckets = InvalidCallLimiter(burst=burst, per_second=per_second, max_principals=max_sources)
+
+    def __call__(self, address: str, channel: bool) -> int | None:
+        refused = self._buckets.check(f"{source_key(address)}|{'channel' if channel else 'open'}")
+        if refused is None:
+            return None
+        if refused.first:
+            log.warning("federation endpoint: %s over its rate (%s requests); refusing for %d s",
+                        source_key(address), "channel" if channel else "unauthenticated", refused.seconds)
+        return refused.seconds
 
 
 class Endpoint:
@@ -110,7 +144,7 @@ class Endpoint:
         return 200, out
 
     async def _channel(self, req: wire.Request, peer_id: int, verb: str) -> tuple[int, dict[str, Any]]:
-        expected = {"confirm": "POST", "bundle": "GET", "lifecycle": "POST", "probe": "POST"}[verb]
+        expected = {"confirm": "POST", "bundle": "GET", "lifecycle": "POST", "probe": "POST", "renew": "POST"}[verb]
         if req.method != expected:
             return 405, {"error": {"code": "method", "message": f"{verb} takes {expected}"}}
         svc = build_service(self.app)
@@ -123,6 +157,11 @@ class Endpoint:
                 return 200, await svc.remote.bundle(session, peer_id, req.client_cert_der)
             if verb == "probe":
                 return 200, await self._serve_probe(session, svc, peer, link, now)
+            if verb == "renew":
+                out = await svc.remote.renew_inbound(session, peer_id, req.client_cert_der, req.body or {}, now=now)
+                await _audit(session, who=who, tool="federation.renew", args={"federation_peer_id": peer_id},
+                             outcome="ok", detail={"not_after": out["not_after"]})
+                return 200, out
             if verb == "confirm":
                 out = await svc.remote.confirm(session, peer_id, req.client_cert_der, req.body or {}, now=now)
             else:
@@ -171,7 +210,9 @@ async def start(app: Any, host: str, port: int) -> asyncio.Server:
     """Load (or create) the instance identity, publish it on the app for the tools, start listening."""
     ident = instance.load_or_create(app.settings.data_dir)
     endpoint = Endpoint(app, ident)
-    server = await wire.serve(host, port, endpoint.server_context(), endpoint.handle)
+    limiter = SourceLimiter(burst=int(getattr(app.settings, "federation_rate_burst", 30)),
+                            per_second=float(getattr(app.settings, "federation_rate_per_second", 1.0)))
+    server = await wire.serve(host, port, endpoint.server_context(), endpoint.handle, admit=limiter)
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
     app.federation_identity = ident
     app.federation_endpoint = getattr(app.settings, "federation_advertise_url", None) or f"https://{host}:{bound}"

@@ -149,6 +149,9 @@ class FederationRemote(TimestampMixin, Base):
     remote_instance_ca_pem: Mapped[str | None] = mapped_column(Text)
     #: SHA-256 of the channel certificate this instance issued to the remote: how its calls are recognised.
     inbound_channel_fp: Mapped[str | None] = mapped_column(String(64), unique=True)
+    #: The fingerprint before the last renewal: still accepted until the remote first uses the renewed
+    #: certificate (so a renewal whose answer was lost does not cut the channel).
+    previous_inbound_channel_fp: Mapped[str | None] = mapped_column(String(64))
     #: The channel certificate the remote instance issued to us, and our sealed key for it.
     outbound_channel_cert_pem: Mapped[str | None] = mapped_column(Text)
     outbound_channel_key_ref: Mapped[str | None] = mapped_column(String(120))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -14,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleet_mcp import events
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.errors import InvalidArgument, NotFound
-from fleet_mcp.federation import accounts
+from fleet_mcp.federation import accounts, pki
 from fleet_mcp.federation.lifecycle import PeerStatus, allowed_transitions
-from fleet_mcp.federation.models import FederationPeer, IssuedCertificate
-from fleet_mcp.federation.schemas import CrossCertificateOut, FederationPeerOut
+from fleet_mcp.federation.models import FederationPeer, FederationRemote, IssuedCertificate
+from fleet_mcp.federation.schemas import CrossCertificateOut, FederationPeerOut, RemoteInstanceOut
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,38 @@ async def to_out(
         revoked_at=peer.revoked_at,
         revoked_reason=peer.revoked_reason,
         cross_certificates=await cross_certificates(session, peer, now=now, names=names),
+        remote_instance=await remote_instance(session, peer),
+    )
+
+
+async def remote_instance(session: AsyncSession, peer: FederationPeer) -> RemoteInstanceOut | None:
+    """The other instance of a peer federated across instances, or None (both accounts live here)."""
+    link = (
+        await session.execute(select(FederationRemote).where(FederationRemote.peer_id == peer.id))
+    ).scalar_one_or_none()
+    if link is None:
+        return None
+    not_after = None
+    if link.outbound_channel_cert_pem:
+        with contextlib.suppress(ValueError):
+            not_after = pki.load_cert(link.outbound_channel_cert_pem).not_valid_after_utc
+    return RemoteInstanceOut(
+        instance_id=link.remote_instance_id,
+        account=link.remote_account_name,
+        domain=link.remote_domain,
+        endpoint=link.remote_endpoint,
+        ca_pin=link.remote_ca_pin,
+        role=link.role,
+        remote_peer_id=link.remote_peer_id,
+        remote_status=link.remote_status,
+        bundle_sequence=link.bundle_sequence,
+        bundle_fetched_at=link.bundle_fetched_at,
+        refresh_hint=link.refresh_hint,
+        last_contact_at=link.last_contact_at,
+        last_error_kind=link.last_error_kind,
+        last_error=link.last_error,
+        pending_action=link.pending_action,
+        channel_certificate_not_after=not_after,
     )
 
 

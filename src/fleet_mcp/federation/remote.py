@@ -245,7 +245,9 @@ class RemoteFederation:
         crl_pem = body.get("intermediate_crl_pem") if isinstance(body.get("intermediate_crl_pem"), str) else None
         try:
             instance_ca = pki.load_cert(_pem_str(body, "instance_ca_pem"))
-            channel_cert = ident.sign_channel_csr(_pem_str(body, "channel_csr_pem"), label=f"peer-{peer.id}")
+            channel_cert = ident.sign_channel_csr(
+                _pem_str(body, "channel_csr_pem"), label=f"peer-{peer.id}", lifetime=self.config.channel_cert_lifetime
+            )
         except (ValueError, InvalidArgument):
             raise Refusal(400, "malformed", "bad instance CA or channel CSR") from None
         # The claim: of any number of concurrent establishes exactly one updates the row.
@@ -308,14 +310,86 @@ class RemoteFederation:
         if not client_cert_der:
             raise Refusal(401, "no_channel_certificate", "this call needs the peer's channel certificate")
         fp = fingerprint(x509.load_der_x509_certificate(client_cert_der))
-        remote = (
-            await session.execute(select(FederationRemote).where(FederationRemote.inbound_channel_fp == fp))
-        ).scalar_one_or_none()
-        if remote is None or remote.peer_id != peer_id:
+        remote = await self.remote_of(session, peer_id)
+        if remote is None or fp not in (remote.inbound_channel_fp, remote.previous_inbound_channel_fp):
             raise Refusal(403, "wrong_channel", "the channel certificate is not the one of this peer")
+        if fp == remote.inbound_channel_fp and remote.previous_inbound_channel_fp is not None:
+            remote.previous_inbound_channel_fp = None  # the holder uses the renewed certificate: retire the old one
+            await session.flush()
         peer = await session.get(FederationPeer, peer_id)
         assert peer is not None
         return peer, remote
+
+    async def renew_inbound(
+        self, session: AsyncSession, peer_id: int, client_cert_der: bytes | None, body: dict[str, Any], *,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Message 7 (issuer side): sign a new channel CSR for the peer presenting its current (or previous)
+        channel certificate. The presented certificate stays accepted until the renewed one is first used."""
+        peer, remote = await self.channel_peer(session, peer_id, client_cert_der)
+        if peer.status == PeerStatus.REVOKED.value:
+            raise Refusal(409, "revoked", "the peer is revoked; its channel certificate is not renewed")
+        assert client_cert_der is not None
+        try:
+            cert = self.identity().sign_channel_csr(
+                _pem_str(body, "channel_csr_pem"), label=f"peer-{peer.id}", now=now,
+                lifetime=self.config.channel_cert_lifetime,
+            )
+        except (ValueError, InvalidArgument):
+            raise Refusal(400, "malformed", "bad channel CSR") from None
+        remote.previous_inbound_channel_fp = fingerprint(x509.load_der_x509_certificate(client_cert_der))
+        remote.inbound_channel_fp = fingerprint(cert)
+        await session.flush()
+        return {"channel_cert_pem": pki.cert_to_pem(cert), "not_after": cert.not_valid_after_utc.isoformat()}
+
+    def channel_renewal_due(self, remote: FederationRemote, now: dt.datetime) -> bool:
+        """Our channel certificate (issued by the other instance) is past `channel_renew_at` of its life."""
+        if not remote.outbound_channel_cert_pem:
+            return False
+        cert = pki.load_cert(remote.outbound_channel_cert_pem)
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        return now >= start + (end - start) * self.config.channel_renew_at
+
+    async def renew_outbound(self, session: AsyncSession, remote: FederationRemote, *, now: dt.datetime) -> str:
+        """Message 7 (holder side): a new key and CSR, signed by the other instance over the current channel;
+        the answer must chain to the pinned instance CA and carry our new key. Returns the new not-after."""
+        assert remote.remote_endpoint and remote.remote_instance_id and remote.remote_instance_ca_pem
+        csr_pem, key_pem = _csr_and_key()
+        status, answer = await wire.call(
+            remote.remote_endpoint,
+            "POST",
+            f"{API}/peers/{remote.remote_peer_id}/renew",
+            {"channel_csr_pem": csr_pem},
+            ctx=await self.channel_context(session, remote),
+            server_hostname=instance_name(remote.remote_instance_id),
+        )
+        if status != 200:
+            code = (answer.get("error") or {}).get("code", status)
+            raise ExternalError(
+                f"the other instance refused to renew the channel certificate ({code})",
+                hint="the current certificate stays in use; the scan reports it when it nears its expiry",
+            )
+        try:
+            cert = pki.load_cert(str(answer["channel_cert_pem"]))
+            ok = pki.verify_signed_by(cert, pki.load_cert(remote.remote_instance_ca_pem)) and _same_key(cert, key_pem)
+        except (KeyError, ValueError, TypeError):
+            ok = False
+        if not ok or cert.not_valid_after_utc <= now:
+            raise ExternalError(
+                "the other instance answered the renewal with a certificate that does not check out",
+                hint="the current certificate stays in use; ask the other operators to check their instance",
+            )
+        old_ref = remote.outbound_channel_key_ref
+        remote.outbound_channel_cert_pem = pki.cert_to_pem(cert)
+        remote.outbound_channel_key_ref = await self.authorities.sealer.seal(
+            session, remote.local_account_id, key_pem, label=f"federation channel key of peer {remote.peer_id}"
+        )
+        if old_ref and old_ref.startswith("credential:") and old_ref[11:].isdigit():
+            from fleet_mcp.vault.credentials import discard
+
+            await discard(session, int(old_ref[11:]))
+        await session.flush()
+        return cert.not_valid_after_utc.isoformat()
 
     async def confirm(
         self, session: AsyncSession, peer_id: int, client_cert_der: bytes | None, body: dict[str, Any], *,
@@ -469,7 +543,9 @@ class RemoteFederation:
         )
         session.add(peer)
         await session.flush()
-        proposer_channel = ident.sign_channel_csr(proposer_csr, label=f"peer-{peer.id}")
+        proposer_channel = ident.sign_channel_csr(
+            proposer_csr, label=f"peer-{peer.id}", lifetime=self.config.channel_cert_lifetime
+        )
         remote = FederationRemote(
             peer_id=peer.id,
             role="acceptor",
@@ -530,6 +606,8 @@ class RemoteFederation:
             except (ExternalError, InvalidArgument) as exc:
                 errors.append(exc.message)
                 continue
+            if status == 429:
+                raise _rate_limited(endpoint, answer)
             try:
                 ca = pki.load_cert(str(answer.get("instance_ca_pem", "")))
             except ValueError:
@@ -567,6 +645,8 @@ def _refusal_error(status: int, answer: dict[str, Any], peer_id: int) -> FleetEr
             hint="ask the proposing operators to run system_sdwan_regenerate_acceptance_token",
             federation_peer_id=peer_id,
         )
+    if status == 429 and code == "rate_limited":
+        return _rate_limited("the proposing instance", answer)
     if status == 429:
         return RateLimited("the proposal is locked after repeated failed attempts", hint="try again later")
     message = (answer.get("error") or {}).get("message", f"status {status}")
@@ -574,4 +654,13 @@ def _refusal_error(status: int, answer: dict[str, Any], peer_id: int) -> FleetEr
         f"the proposing instance refused the establishment: {message}",
         hint="nothing was stored here; check the proposal with its operators",
         federation_peer_id=peer_id,
+    )
+
+
+def _rate_limited(where: str, answer: dict[str, Any]) -> FleetError:
+    """The other endpoint's per-source rate limit refused this instance's request (nothing was done there)."""
+    message = str((answer.get("error") or {}).get("message", ""))[:200]
+    return RateLimited(
+        f"{where} refused the request: too many requests from this instance's address ({message})",
+        hint="nothing was stored; try again after the time it names",
     )

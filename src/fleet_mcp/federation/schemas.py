@@ -20,6 +20,29 @@ class CrossCertificateOut(BaseModel):
     revoked_at: dt.datetime | None = None
 
 
+class RemoteInstanceOut(BaseModel):
+    """The other fleet-mcp instance of a peer federated across instances (public data only)."""
+
+    instance_id: str | None = Field(description="The other instance's id (None until a proposal is claimed).")
+    account: str | None = Field(default=None, description="The account there.")
+    domain: str = Field(description="The federation domain of the account there.")
+    endpoint: str | None = Field(default=None, description="Its federation endpoint URL.")
+    ca_pin: str | None = Field(default=None, description="SHA-256 of its instance CA (the pin).")
+    role: str = Field(description="This instance's role: proposer | acceptor.")
+    remote_peer_id: int | None = Field(default=None, description="The peer's id on the other instance.")
+    remote_status: str | None = Field(default=None, description="What the other instance last said the status is.")
+    bundle_sequence: int = Field(description="Sequence of the last trust bundle accepted from it.")
+    bundle_fetched_at: dt.datetime | None = None
+    refresh_hint: int = Field(description="Seconds between polls it asked for.")
+    last_contact_at: dt.datetime | None = None
+    last_error_kind: str | None = None
+    last_error: str | None = None
+    pending_action: str | None = Field(default=None, description="A lifecycle change not yet delivered there.")
+    channel_certificate_not_after: dt.datetime | None = Field(
+        default=None, description="Expiry of the channel certificate it issued to us (renewed at 2/3 of its life)."
+    )
+
+
 class FederationPeerOut(BaseModel):
     id: int
     local_account: str = Field(description="The proposing account.")
@@ -47,6 +70,9 @@ class FederationPeerOut(BaseModel):
     revoked_at: dt.datetime | None = None
     revoked_reason: str | None = None
     cross_certificates: list[CrossCertificateOut] = Field(default_factory=list)
+    remote_instance: RemoteInstanceOut | None = Field(
+        default=None, description="Set when the other account lives on another fleet-mcp instance."
+    )
 
 
 class ProposalOut(BaseModel):

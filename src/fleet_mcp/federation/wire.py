@@ -40,6 +40,9 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[tuple[int, dict[str, Any]]]]
+#: Asked once per request with (source address, whether a client certificate was presented): None admits it,
+#: a number refuses it at once with 429 and that many seconds in Retry-After.
+Admit = Callable[[str, bool], "int | None"]
 
 
 class WireError(Exception):
@@ -93,36 +96,49 @@ def _decode(raw: bytes) -> dict[str, Any] | None:
     return value
 
 
-def _encode(status: int, body: dict[str, Any]) -> bytes:
+def _encode(status: int, body: dict[str, Any], retry_after: int | None = None) -> bytes:
     data = json.dumps(body).encode()
+    extra = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(data)}\r\n{extra}Connection: close\r\n\r\n"
     )
     return head.encode() + data
 
 
-async def serve(host: str, port: int, ctx: ssl.SSLContext, handler: Handler) -> asyncio.Server:
-    """Start the listener; each connection carries one request and is closed after the answer."""
+async def serve(
+    host: str, port: int, ctx: ssl.SSLContext, handler: Handler, *, admit: Admit | None = None
+) -> asyncio.Server:
+    """Start the listener; each connection carries one request and is closed after the answer. With `admit`,
+    a source over its rate gets 429 as soon as its request is read: the handler (and the database) never
+    sees it."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             sslobj = writer.get_extra_info("ssl_object")
             der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+            peer = writer.get_extra_info("peername")
+            source = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            retry_after: int | None = None
             try:
                 async with asyncio.timeout(TIMEOUT):
                     line, headers = await _read_head(reader)
                     parts = line.split(" ")
                     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                         raise WireError(400, "malformed", "bad request line")
-                    body = _decode(await _read_body(reader, headers))
+                    raw = await _read_body(reader, headers)  # read (bounded) even when refused: no reset
+                    retry_after = admit(source, bool(der)) if admit is not None else None
+                    if retry_after is not None:
+                        raise WireError(429, "rate_limited", f"too many requests from {source}; retry after "
+                                        f"{retry_after} s")
+                    body = _decode(raw)
                 tls_ctx = sslobj.context if sslobj is not None else None
                 status, out = await handler(Request(parts[0].upper(), parts[1], body, der, tls_ctx))
             except WireError as exc:
                 status, out = exc.status, {"error": {"code": exc.code, "message": exc.message}}
             except TimeoutError:
                 status, out = 400, {"error": {"code": "timeout", "message": "request not received in time"}}
-            writer.write(_encode(status, out))
+            writer.write(_encode(status, out, retry_after))
             async with asyncio.timeout(TIMEOUT):
                 await writer.drain()
         except Exception:  # noqa: BLE001 - one bad connection never stops the listener

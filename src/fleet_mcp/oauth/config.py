@@ -70,6 +70,7 @@ class OAuthConfig:
     name_claims: tuple[str, ...]
     roles_claim: str
     role_map: dict[str, list[str]]
+    introspection_cache_ttl: float = 30.0
 
     @property
     def metadata_url(self) -> str:
@@ -115,4 +116,5 @@ class OAuthConfig:
             read_scope=s.oauth_read_scope.strip(), write_scope=s.oauth_write_scope.strip(),
             account_claim=s.oauth_account_claim, default_account=s.oauth_default_account, name_claims=names,
             roles_claim=s.oauth_roles_claim, role_map=dict(s.oauth_role_map),
+            introspection_cache_ttl=s.oauth_introspection_cache_ttl,
         )

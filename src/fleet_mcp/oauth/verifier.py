@@ -6,8 +6,10 @@ and `iat` with a small leeway. Tokens that are not JWTs go to RFC 7662 introspec
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
+from collections import OrderedDict
 from typing import Any
 
 import httpx2
@@ -24,6 +26,8 @@ from fleet_mcp.oauth.types import IdentityRefused, TokenRefused, VerifiedToken
 __all__ = ["FleetTokenVerifier", "IdentityRefused", "TokenRefused", "VerifiedToken", "sdk_access_token"]
 
 MAX_TOKEN_BYTES = 16 * 1024
+#: Active introspection answers remembered at most (least recently used first out).
+INTROSPECTION_CACHE_SIZE = 10_000
 
 
 def sdk_access_token(verified: VerifiedToken, token: str) -> AccessToken:
@@ -65,6 +69,9 @@ class FleetTokenVerifier:
         self.config = config
         self.jwks = jwks or JwksCache(config)
         self._registry = JWSRegistry(algorithms=list(config.algorithms))
+        # SHA-256 of an opaque token -> (monotonic deadline, its verified claims): the token itself is not kept.
+        self._introspected: OrderedDict[bytes, tuple[float, VerifiedToken]] = OrderedDict()
+        self.introspection_requests = 0
 
     async def close(self) -> None:
         await self.jwks.close()
@@ -144,8 +151,28 @@ class FleetTokenVerifier:
 
     # -- RFC 7662 ------------------------------------------------------------------------------------
     async def _introspect(self, token: str) -> VerifiedToken:
+        """Ask the authorization server, or reuse its 'active' answer for the same token for up to
+        `introspection_cache_ttl` seconds (never past the token's exp). Refusals are never remembered."""
+        key = hashlib.sha256(token.encode()).digest()
+        hit = self._introspected.get(key)
+        if hit is not None:
+            if hit[0] > time.monotonic():
+                self._introspected.move_to_end(key)
+                return hit[1]
+            del self._introspected[key]
+        verified = await self._ask_introspection(token)
+        ttl = min(self.config.introspection_cache_ttl,
+                  (verified.expires_at - time.time()) if verified.expires_at is not None else 0.0)
+        if ttl > 0:
+            self._introspected[key] = (time.monotonic() + ttl, verified)
+            while len(self._introspected) > INTROSPECTION_CACHE_SIZE:
+                self._introspected.popitem(last=False)
+        return verified
+
+    async def _ask_introspection(self, token: str) -> VerifiedToken:
         cfg = self.config
         assert cfg.introspection_url and cfg.client_id and cfg.client_secret
+        self.introspection_requests += 1
         doc = await fetch_json(self.jwks.client, cfg.introspection_url, what="token introspection",
                                data={"token": token, "token_type_hint": "access_token"},
                                auth=httpx2.BasicAuth(cfg.client_id, cfg.client_secret))

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from fleet_mcp.db import sqlite_inline
+from fleet_mcp.db import sqlite
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.errors import ExternalError, InvalidArgument, NotFound
 from fleet_mcp.vault.models import TransitKeyConfig, TransitKeyVersion
@@ -100,12 +100,9 @@ class LocalTransit(TransitBackend):
             raise ExternalError("the local transit needs a sessionmaker bound to an AsyncEngine")
         url = bind.url
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            # Autocommit reads only: nothing to roll back when a connection returns to the pool. The same
-            # driver as the app's engine (which may run statements inline instead of on a thread per
-            # connection); the driver's `timeout` covers a busy database.
-            reader = create_async_engine(
-                url, pool_reset_on_return=None, **sqlite_inline.engine_options(url, sqlite_inline.driver_of(bind))
-            )
+            # Autocommit reads only: nothing to roll back when a connection returns to the pool; the driver's
+            # `timeout` covers a busy database.
+            reader = create_async_engine(url, pool_reset_on_return=None, **sqlite.engine_options(url))
             self._reader, self._own_reader = reader, True
         else:
             self._reader = bind
