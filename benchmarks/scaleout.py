@@ -1045,7 +1045,7 @@ def render_reliability(results: dict[str, Any]) -> str | None:
                     "(the invariants below hold); they are counted as *failed*."]
         if whys:
             out += ["", "The first answer of each kind that was not ok (`transport:` — the SDK client raised, no tool "
-                    "result reached it; `connect` rows are reconnection attempts, not calls):", "",
+                    f"result reached it; *{CONNECTION}* rows are connections, not calls):", "",
                     "| Call | Outcome | First reason |", "|---|---|---|"]
             for key in sorted(whys):
                 tool, _, status = key.partition("|")
