@@ -90,8 +90,10 @@ def owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-def check_claimable(job_id: int, job: RotationJob | None, stale_after: float) -> RotationJob:
-    """Raise unless this process may run the job now (it exists, is active, and no live process runs it)."""
+def check_claimable(job_id: int, job: RotationJob | None, stale_after: float, me: str | None = None) -> RotationJob:
+    """Raise unless this process (or instance `me`) may run the job now (it exists, is active, and no live
+    process runs it)."""
+    me = me or instance_id()
     if job is None:
         raise NotFound(f"no rotation job {job_id}", job_id=job_id)
     if job.status not in JOB_ACTIVE:
@@ -100,7 +102,7 @@ def check_claimable(job_id: int, job: RotationJob | None, stale_after: float) ->
             hint="start a new rotation to retry what is left",
             job_id=job_id,
         )
-    if job.status == "running" and job.owner != instance_id() and not owner_is_dead(job.owner):
+    if job.status == "running" and job.owner != me and not owner_is_dead(job.owner):
         age = (utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0.0
         if age < stale_after:
             raise Busy(
@@ -121,13 +123,15 @@ class Claimed:
     heartbeat_age: float | None
 
 
-async def claim(s: AsyncSession, job_id: int, stale_after: float) -> Claimed:
-    """Take the job's lease in `s` (the caller's unit of work): owner = this process, fresh heartbeat.
+async def claim(s: AsyncSession, job_id: int, stale_after: float, *, me: str | None = None) -> Claimed:
+    """Take the job's lease in `s` (the caller's unit of work): owner = this process (or the instance
+    `me`), fresh heartbeat.
 
     Compare-and-set: the UPDATE holds only if owner and heartbeat are still those read here, so two
     replicas that both found the job abandoned never both run it (the loser gets Busy)."""
     job = (await s.execute(select(RotationJob).where(RotationJob.id == job_id))).scalar_one_or_none()
-    check_claimable(job_id, job, stale_after)
+    me = me or instance_id()
+    check_claimable(job_id, job, stale_after, me)
     assert job is not None
     seen_owner, seen_heartbeat = job.owner, job.heartbeat_at
     now = utcnow()
@@ -138,7 +142,7 @@ async def claim(s: AsyncSession, job_id: int, stale_after: float) -> Claimed:
             RotationJob.owner.is_not_distinct_from(seen_owner),
             RotationJob.heartbeat_at.is_not_distinct_from(seen_heartbeat),
         )
-        .values(status="running", owner=instance_id(), heartbeat_at=now, error=None, updated_at=now,
+        .values(status="running", owner=me, heartbeat_at=now, error=None, updated_at=now,
                 started_at=job.started_at or now)
         .execution_options(synchronize_session=False)
     ))
