@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.db.engine import create_engine, make_sessionmaker
@@ -96,6 +96,60 @@ async def test_two_claims_of_one_abandoned_job_never_both_win(app) -> None:  # n
     # Both found the job abandoned; the second claim meets the first one's owner and fresh heartbeat.
     outcomes = await asyncio.gather(claim("replica-a:1:aaaa"), claim("replica-b:2:bbbb"))
     assert sorted(outcomes) == ["busy", "won from another-host:4242:cafe"]
+
+
+@pytest.mark.postgres
+async def test_the_claim_is_a_compare_and_set(pg_db_url: str, tmp_path: Path) -> None:
+    """Two replicas read the job as abandoned at once; the second one's UPDATE waits for the first one's
+    commit and then matches no row (owner and heartbeat changed): it is refused, it does not run the job."""
+    from fleet_mcp.app import App
+    from fleet_mcp.settings import Settings
+
+    app = App(Settings(data_dir=tmp_path / "data", database_url=pg_db_url, scheduler=False, account="acme",
+                       principal="alice", roles="admin"))
+    await app.start(migrate_db=False)
+    try:
+        job_id = await _abandoned_job(app)
+        await _set_lease(app, job_id, "another-host:4242:cafe", age=60.0)
+        first_claimed, commit_first = asyncio.Event(), asyncio.Event()
+
+        async def first() -> str | None:
+            async with app.unit_of_work() as uow:
+                claimed = await lease.claim(uow.session, job_id, 5.0, me="replica-a:1:aaaa")
+                first_claimed.set()
+                await commit_first.wait()
+            return claimed.previous_owner
+
+        async def second() -> str:
+            try:
+                async with app.unit_of_work() as uow:
+                    await lease.claim(uow.session, job_id, 5.0, me="replica-b:2:bbbb")
+            except Busy as exc:
+                return exc.message
+            return "won"
+
+        a = asyncio.create_task(first())
+        await asyncio.wait_for(first_claimed.wait(), 30)
+        b = asyncio.create_task(second())  # reads the old owner (a's claim is not committed), then waits
+
+        async def second_waits_on_the_row_lock() -> bool:
+            assert app.engine is not None
+            async with app.engine.connect() as conn:
+                n = await conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                           "current_database() AND wait_event_type = 'Lock'"))
+            return bool(n)
+
+        with anyio.fail_after(30):
+            while not await second_waits_on_the_row_lock():
+                await asyncio.sleep(0.02)
+        commit_first.set()
+        assert await a == "another-host:4242:cafe"
+        assert await b == f"rotation job {job_id} was just claimed by another process"
+        async with app.read_sessionmaker() as s:
+            job = await s.get(RotationJob, job_id)
+            assert job is not None and job.owner == "replica-a:1:aaaa"
+    finally:
+        await app.close()
 
 
 # -- real processes: two replicas, one PostgreSQL, one OpenBao -----------------------------------------
