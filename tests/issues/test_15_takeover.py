@@ -98,6 +98,31 @@ async def test_two_claims_of_one_abandoned_job_never_both_win(app) -> None:  # n
     assert sorted(outcomes) == ["busy", "won from another-host:4242:cafe"]
 
 
+async def test_a_runner_whose_lease_was_taken_stops_at_its_next_batch(app) -> None:  # noqa: ANN001
+    """Another replica took the job over while this one still ran it (this one looked dead to it): this
+    one's next batch commit matches no row it owns, rolls back whole, and it stops writing."""
+    ops = await make_caller(app, "acme", "ops", ("admin",))
+    for i in range(6):
+        assert (await call_as(app, ops, "system_vault_store_credential",
+                              {"name": f"c{i}", "kind": "generic", "secret": f"s{i}"})).ok
+    other = "replica-b:2:bbbb"
+
+    async def taken_after_the_first_batch(point: str) -> None:
+        if point == "after-batch-1":
+            async with app.sessionmaker() as s, s.begin():
+                await s.execute(update(RotationJob).values(owner=other, heartbeat_at=utcnow()))
+
+    engine = RotationEngine(app, app.transit, batch_size=2, checkpoint=taken_after_the_first_batch)
+    info = await engine.start(started_by="acme/ops")
+    assert (info.status, info.batches, info.rewrapped) == ("running", 1, 2)  # the new owner's to finish
+    async with app.read_sessionmaker() as s:
+        job = await s.get(RotationJob, info.id)
+        assert job is not None and job.owner == other
+        versions = sorted((await s.execute(select(Credential.key_version))).scalars())
+        batches = (await s.execute(select(AuditEntry).where(AuditEntry.outcome == "batch_committed"))).all()
+    assert versions == [1, 1, 1, 1, 2, 2] and len(batches) == 1  # the second batch rolled back whole
+
+
 @pytest.mark.postgres
 async def test_the_claim_is_a_compare_and_set(pg_db_url: str, tmp_path: Path) -> None:
     """Two replicas read the job as abandoned at once; the second one's UPDATE waits for the first one's
