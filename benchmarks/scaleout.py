@@ -780,7 +780,7 @@ class FaultRun:
             r = await self.tool(self.url(), "system_gitops_apply_sync_run", {"sync_run_id": sync_run_id},
                                 self.gitops)
             out["apply_retry"] = "applied" if not r.is_error else classify(r)[1]
-            # Automatic takeover: a surviving replica's scheduler tick (vault.resume_rotations) claims a job
+            # Automatic takeover: a surviving replica's takeover tick (vault.resume_rotations) claims a job
             # whose owner is gone. Wait one tick interval (and a margin) for another owner to drive it; only
             # then resume it by hand on a survivor, and say so.
             wait = takeover_interval() + 15
@@ -789,7 +789,7 @@ class FaultRun:
                 j["owner"] not in (None, killed_at.get("owner"))
                 and j["rewrapped"] > (killed_at.get("rewrapped") or 0)), wait)
             if taken is not None:
-                out["takeover"] = (f"taken over automatically by a surviving replica's scheduler tick (every "
+                out["takeover"] = (f"taken over automatically by a surviving replica's takeover tick (every "
                                    f"{takeover_interval():.0f} s) {time.monotonic() - t0:.1f} s after the kill")
             else:
                 out["takeover"] = (f"not taken over automatically within {wait} s; "
@@ -869,12 +869,11 @@ class FaultRun:
 
 
 def takeover_interval() -> float:
-    """Seconds between the scheduler's rotation-resume ticks (the bound on an automatic takeover)."""
-    try:
-        from fleet_mcp.vault.jobs import RESUME_INTERVAL
-    except ImportError:
-        return 60.0
-    return float(RESUME_INTERVAL)
+    """Seconds between the scheduler's takeover ticks (the default every replica runs with here)."""
+    from fleet_mcp.settings import Settings
+
+    field = Settings.model_fields.get("job_takeover_interval")
+    return float(field.default) if field is not None and isinstance(field.default, int | float) else 60.0
 
 
 async def seed_credentials(cl: Cluster, n: int) -> None:

@@ -60,6 +60,8 @@ class App:
         #: Bounded concurrency per process and per principal (excess refused as busy).
         self.admission = Admission(per_process=settings.max_concurrent_calls,
                                    per_principal=settings.max_concurrent_calls_per_principal)
+        #: Set when a draining server has waited for its calls and jobs: open event streams end.
+        self.drained = asyncio.Event()
         self._started = False
 
     @property
@@ -87,6 +89,20 @@ class App:
             path = self.settings.request_state_key_file
             self._request_state_keys = load_key_ring(path) if path is not None else [os.urandom(32)]
         return self._request_state_keys
+
+    @property
+    def draining(self) -> bool:
+        """Whether this process is shutting down (SIGTERM): not ready, no new calls, its jobs stop at the
+        next batch boundary and release their lease."""
+        return self.admission.draining
+
+    def begin_drain(self) -> None:
+        self.admission.draining = True
+
+    @property
+    def background_jobs(self) -> int:
+        """Background work (jobs) still running in this process."""
+        return len(self._background)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
         """Run background work launched by a committed call (a job); `drain` waits for it, `close` cancels

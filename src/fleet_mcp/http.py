@@ -1,5 +1,5 @@
-"""Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp, /healthz and the
-console at /ui/.
+"""Streamable HTTP: bearer tokens (401 unknown, 403 revoked), DNS-rebinding checks, /mcp, the health checks
+(/livez, /readyz, /healthz = /readyz; see `fleet_mcp.drain`), draining on SIGTERM, and the console at /ui/.
 
 Two kinds of bearer token end in the same `principals.Caller`: fleet's static tokens (`fmcp_…`, digests in the
 database) and, when an issuer is configured, OAuth access tokens from the organization's identity provider
@@ -22,6 +22,7 @@ from fleet_mcp.app import App
 from fleet_mcp.callers import bearer as _bearer
 from fleet_mcp.callers import forget
 from fleet_mcp.callers import remember as _remember
+from fleet_mcp.drain import DRAIN_RETRY_AFTER, DrainingServer, readiness, until_drained
 from fleet_mcp.errors import Unauthenticated
 from fleet_mcp.oauth import OAuthConfig
 from fleet_mcp.oauth.guard import OAuthGuard
@@ -56,6 +57,17 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.fleet.draining and scope.get("method") == "POST" and "mcp-session-id" not in headers:
+            # A new session while shutting down is refused (to be opened on another replica); a tool call is
+            # refused by admission control instead, as busy with retry_after and an audit row.
+            receive, opening = await _peek_initialize(receive)
+            if opening:
+                await _respond(send, 503, {"error": "draining", "error_description": "this server is shutting "
+                                           f"down; retry after {DRAIN_RETRY_AFTER} s (another replica answers)"},
+                               www_authenticate=False, retry_after=DRAIN_RETRY_AFTER)
+                return
+        if scope.get("method") == "GET":
+            receive = until_drained(receive, self.fleet.drained)  # a long-lived event stream
         token = _bearer(headers)
         if self.oauth is not None and (token is None or not token.startswith(f"{TOKEN_PREFIX}_")):
             await self.oauth(self.app, scope, receive, send, token)
@@ -84,6 +96,28 @@ class BearerAuth:
         await _respond(send, status, body)
 
 
+async def _peek_initialize(receive: Receive) -> tuple[Receive, bool]:
+    """Read a POST body (MCP messages are small) to tell whether it opens a session (`initialize`); return a
+    `receive` that replays it."""
+    messages: list[Any] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    opening = isinstance(parsed, dict) and parsed.get("method") == "initialize"
+
+    async def replay() -> Any:
+        return messages.pop(0) if messages else await receive()
+
+    return replay, opening
+
+
 def _recording_sessions(send: Send, owner: tuple[int, str], session_id: str | None, method: str | None) -> Send:
     """`send`, noting the session a response opens (bound to OWNER) and forgetting one a DELETE closed."""
 
@@ -101,9 +135,12 @@ def _recording_sessions(send: Send, owner: tuple[int, str], session_id: str | No
     return wrapped
 
 
-async def _respond(send: Send, status: int, body: dict[str, str], *, www_authenticate: bool = True) -> None:
+async def _respond(send: Send, status: int, body: dict[str, str], *, www_authenticate: bool = True,
+                   retry_after: int | None = None) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     if www_authenticate:
         headers.append((b"www-authenticate", f'Bearer error="{body["error"]}"'.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -126,23 +163,23 @@ def build_http_app(
     fleet: App, *, host: str = "127.0.0.1", port: int = 8765, read_only: bool = False,
     toolsets: set[str] | None = None, stateless: bool = False, json_response: bool = False,
 ) -> ASGIApp:
-    """The ASGI app: /mcp behind bearer auth, /healthz open. Call `await fleet.start()` first."""
+    """The ASGI app: /mcp behind bearer auth, health checks open. Call `await fleet.start()` first."""
     from fleet_mcp.server import build_server
 
     fleet.stateless_http = stateless
     server, _gate = build_server(fleet, read_only=read_only, toolsets=toolsets)
 
-    @server.custom_route("/healthz", methods=["GET"])
-    async def healthz(_request: Request) -> JSONResponse:
-        from sqlalchemy import text
+    @server.custom_route("/livez", methods=["GET"])
+    async def livez(_request: Request) -> JSONResponse:
+        # Answered by the event loop itself: a wedged process does not answer. Never asks the database.
+        return JSONResponse({"status": "alive", "version": __version__})
 
-        assert fleet.read_sessionmaker is not None
-        try:
-            async with fleet.read_sessionmaker() as session:
-                await session.execute(text("SELECT 1"))
-            return JSONResponse({"status": "ok", "version": __version__})
-        except Exception:  # noqa: BLE001
-            return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
+    async def readyz(_request: Request) -> JSONResponse:
+        code, body = await readiness(fleet)
+        return JSONResponse(body, status_code=code)
+
+    server.custom_route("/readyz", methods=["GET"])(readyz)
+    server.custom_route("/healthz", methods=["GET"])(readyz)  # the older name: readiness
 
     config = OAuthConfig.from_settings(fleet.settings)
     oauth = OAuthGuard(fleet, config, _remember) if config is not None else None
@@ -170,9 +207,11 @@ async def serve_http(fleet: App, *, host: str, port: int, **kwargs: Any) -> None
 
     await fleet.start()
     app = build_http_app(fleet, host=host, port=port, **kwargs)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    drain_timeout = fleet.settings.drain_timeout
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=max(1, int(drain_timeout)))
     try:
-        await uvicorn.Server(config).serve()
+        await DrainingServer(config, fleet, drain_timeout).serve()
     finally:
         from fleet_mcp.console.app import WithConsole
 

@@ -147,6 +147,16 @@ class Settings(BaseSettings):
                                       "refused as busy (retry after), never queued without limit.")
     max_concurrent_calls_per_principal: int = Field(default=32, ge=1,
                                                     description="Calls one principal may have in progress at once.")
+    drain_timeout: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="On SIGTERM (HTTP): seconds to let in-flight calls finish and background jobs stop at a batch "
+        "boundary before the process exits anyway.")
+    job_lease_seconds: float = Field(
+        default=120.0, gt=0, le=86_400,
+        description="A running job whose heartbeat is older than this is taken over by another replica.")
+    job_takeover_interval: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="Seconds between the scheduler ticks that look for abandoned jobs to take over.")
     log_level: str = "INFO"
 
     @field_validator("data_dir", "policy", "master_key_file", "audit_key_file", "vault_cacert",

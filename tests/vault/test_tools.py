@@ -232,7 +232,8 @@ async def test_server_start_resumes_interrupted_rotations(app) -> None:  # noqa:
     async with app.sessionmaker() as s, s.begin():  # as if Vault had been down: paused with an error
         await s.execute(update(RotationJob).where(RotationJob.id == job.id).values(status="paused", error="x"))
     vault_jobs._first_tick_done = False
-    assert await vault_jobs.resume_rotations(app) == 1
+    assert await vault_jobs.resume_rotations(app) == 1  # launched in the background; its claim is audited
+    await app.drain()
     done = await call_as(app, ops, "system_vault_get_rotation_job", {"job_id": job.id})
     assert done.data["job"]["status"] == "completed" and done.data["job"]["rewrapped"] == 4
     assert await vault_jobs.resume_rotations(app) == 0  # nothing left

@@ -44,6 +44,10 @@ Report = Callable[[str], Awaitable[None]]
 #: `async audit(session, job, account, outcome, detail, **arguments)`
 AuditFn = Callable[..., Awaitable[None]]
 
+class Released(Exception):
+    """The process is shutting down: the job stops after its last committed batch and gives up its lease."""
+
+
 _tasks: set[asyncio.Task[Any]] = set()  # strong references to rewraps running ahead of their commit
 
 
@@ -62,8 +66,11 @@ class BatchLoop:
         *,
         max_passes: int,
         checkpoint: CheckpointFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.storage = storage
+        #: Asked after every committed batch (a batch boundary): True stops the job there (`Released`).
+        self.should_stop = should_stop
         self.transit = transit
         self.audit = audit
         self.max_passes = max_passes
@@ -167,6 +174,8 @@ class BatchLoop:
                 # The commit reads the page after `nxt`: it is next to be rewrapped while `nxt` commits.
                 ahead, message = await self._commit(job, account_id, names, cur, results, nxt[-1][ID] if nxt else None)
                 await report(message)
+                if self.should_stop is not None and self.should_stop():
+                    raise Released()
                 cur, nxt = nxt, ahead
         finally:
             if work is not None and not work.done():

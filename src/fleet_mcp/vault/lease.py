@@ -3,8 +3,10 @@ and the guarded progress write that stops a process that lost it.
 
 A job row names its owner (`host:pid:random`) and a heartbeat time. A process claims a job only when no
 live process holds it: the owner is this very process, its pid is gone (same host), or its heartbeat is
-older than `stale_after`. Every progress write is an UPDATE guarded by `owner = me`, so a process whose
-lease was taken over writes nothing and stops (`LostOwnership`).
+older than `stale_after` (the lease, `FLEET_MCP_JOB_LEASE_SECONDS`). The claim is a compare-and-set: an
+UPDATE guarded by the owner and heartbeat the claimer read, so of two replicas claiming the same abandoned
+job one wins and the other is told it is busy. Every progress write is an UPDATE guarded by `owner = me`,
+so a process whose lease was taken over writes nothing and stops at its next batch (`LostOwnership`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import functools
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, select, update
+from sqlalchemy import CursorResult, Table, Update, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -87,8 +90,10 @@ def owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-def check_claimable(job_id: int, job: RotationJob | None, stale_after: float) -> RotationJob:
-    """Raise unless this process may run the job now (it exists, is active, and no live process runs it)."""
+def check_claimable(job_id: int, job: RotationJob | None, stale_after: float, me: str | None = None) -> RotationJob:
+    """Raise unless this process (or instance `me`) may run the job now (it exists, is active, and no live
+    process runs it)."""
+    me = me or instance_id()
     if job is None:
         raise NotFound(f"no rotation job {job_id}", job_id=job_id)
     if job.status not in JOB_ACTIVE:
@@ -97,7 +102,7 @@ def check_claimable(job_id: int, job: RotationJob | None, stale_after: float) ->
             hint="start a new rotation to retry what is left",
             job_id=job_id,
         )
-    if job.status == "running" and job.owner != instance_id() and not owner_is_dead(job.owner):
+    if job.status == "running" and job.owner != me and not owner_is_dead(job.owner):
         age = (utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0.0
         if age < stale_after:
             raise Busy(
@@ -108,20 +113,68 @@ def check_claimable(job_id: int, job: RotationJob | None, stale_after: float) ->
     return job
 
 
-async def claim(s: AsyncSession, job_id: int, stale_after: float) -> RotationJob:
-    """Take the job's lease in `s` (the caller's unit of work): owner = this process, fresh heartbeat."""
-    job = (
-        await s.execute(select(RotationJob).where(RotationJob.id == job_id).with_for_update())
-    ).scalar_one_or_none()
-    check_claimable(job_id, job, stale_after)
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed job (the runner's in-memory copy) and whose lease it was before (None: nobody's)."""
+
+    job: RotationJob
+    previous_owner: str | None
+    #: Seconds since the previous owner's last heartbeat (None without one).
+    heartbeat_age: float | None
+
+
+async def claim(s: AsyncSession, job_id: int, stale_after: float, *, me: str | None = None) -> Claimed:
+    """Take the job's lease in `s` (the caller's unit of work): owner = this process (or the instance
+    `me`), fresh heartbeat.
+
+    Compare-and-set: the UPDATE holds only if owner and heartbeat are still those read here, so two
+    replicas that both found the job abandoned never both run it (the loser gets Busy)."""
+    job = (await s.execute(select(RotationJob).where(RotationJob.id == job_id))).scalar_one_or_none()
+    me = me or instance_id()
+    check_claimable(job_id, job, stale_after, me)
     assert job is not None
+    seen_owner, seen_heartbeat = job.owner, job.heartbeat_at
     now = utcnow()
-    job.status, job.owner, job.heartbeat_at, job.error, job.updated_at = "running", instance_id(), now, None, now
-    job.started_at = job.started_at or now
-    await s.flush()
+    res = cast(CursorResult[Any], await s.execute(
+        update(RotationJob)
+        .where(
+            RotationJob.id == job_id,
+            RotationJob.owner.is_not_distinct_from(seen_owner),
+            RotationJob.heartbeat_at.is_not_distinct_from(seen_heartbeat),
+        )
+        .values(status="running", owner=me, heartbeat_at=now, error=None, updated_at=now,
+                started_at=job.started_at or now)
+        .execution_options(synchronize_session=False)
+    ))
+    if res.rowcount != 1:
+        raise Busy(f"rotation job {job_id} was just claimed by another process", job_id=job_id)
+    await s.refresh(job)
     # From here on the job object is the runner's in-memory copy; it outlives this unit of work.
     s.expunge(job)
-    return job
+    age = (now - seen_heartbeat).total_seconds() if seen_heartbeat is not None else None
+    return Claimed(job, seen_owner, age)
+
+
+def is_abandoned(job: RotationJob, stale_after: float) -> bool:
+    """Whether another process may take the job over now: nobody holds it, its holder is dead (same
+    host), or its heartbeat is older than the lease. A job this process holds is not abandoned."""
+    if job.owner == instance_id():
+        return False
+    if job.owner is None or owner_is_dead(job.owner) or job.heartbeat_at is None:
+        return True
+    return (utcnow() - job.heartbeat_at).total_seconds() >= stale_after
+
+
+async def beat(s: AsyncSession, job_id: int) -> bool:
+    """Refresh the heartbeat of a job this process holds; False when its lease was taken."""
+    now = utcnow()
+    res = cast(CursorResult[Any], await s.execute(
+        update(RotationJob)
+        .where(RotationJob.id == job_id, RotationJob.owner == instance_id())
+        .values(heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    ))
+    return res.rowcount == 1
 
 
 @functools.cache

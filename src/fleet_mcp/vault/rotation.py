@@ -42,7 +42,7 @@ from fleet_mcp.vault.background import (
     text_progress,
     wait_for_launched,
 )
-from fleet_mcp.vault.batch_loop import BatchLoop
+from fleet_mcp.vault.batch_loop import BatchLoop, Released
 from fleet_mcp.vault.batches import ensure_planner_stats
 from fleet_mcp.vault.finalize import TRIM_WARNING, finalize, trim
 from fleet_mcp.vault.lease import LostOwnership, instance_id, running_here
@@ -83,7 +83,7 @@ class RotationEngine:
         transit: TransitBackend,
         *,
         batch_size: int = 250,
-        stale_after: float = 120.0,
+        stale_after: float | None = None,
         max_passes: int = 3,
         checkpoint: CheckpointFn | None = None,
     ) -> None:
@@ -91,14 +91,26 @@ class RotationEngine:
         #: The app's `spawn` when given an app: its background work is drained before a CLI exits and
         #: cancelled (the job pauses) when the app closes.
         self._spawn = getattr(storage, "spawn", None)
+        #: The app, when given one: a draining app (SIGTERM) stops its jobs at the next batch boundary.
+        self._app = storage if hasattr(storage, "draining") else None
         self.transit = transit
         self.batch_size = batch_size
-        #: A running job whose heartbeat is older than this (seconds) may be claimed by another process.
+        if stale_after is None:
+            settings = getattr(storage, "settings", None)
+            stale_after = float(getattr(settings, "job_lease_seconds", 120.0))
+        #: The lease: a running job whose heartbeat is older than this (seconds) may be claimed by another
+        #: process. The runner refreshes its heartbeat at every batch and every quarter of the lease.
         self.stale_after = stale_after
         #: Sweeps per account: later sweeps catch rows written below the target behind the cursor.
         self.max_passes = max_passes
         self.checkpoint = checkpoint
-        self.loop = BatchLoop(self.storage, transit, self._audit, max_passes=max_passes, checkpoint=checkpoint)
+        self.loop = BatchLoop(self.storage, transit, self._audit, max_passes=max_passes, checkpoint=checkpoint,
+                              should_stop=self.draining)
+
+    def draining(self) -> bool:
+        """Whether this process is shutting down: its jobs stop at the next batch boundary and release
+        their lease, so another replica resumes them at once."""
+        return bool(self._app is not None and self._app.draining)
 
     async def _point(self, name: str) -> None:
         if self.checkpoint is not None:
@@ -134,25 +146,58 @@ class RotationEngine:
         """Continue a pending, paused or abandoned job from its cursor."""
         return await self.run(job_id, progress=progress)
 
-    async def run(self, job_id: int, *, progress: ProgressFn | None = None) -> RotationJobInfo:
-        """Claim the job and drive it until it completes or pauses (e.g. Vault unreachable)."""
+    async def run(
+        self, job_id: int, *, progress: ProgressFn | None = None, takeover: bool = False
+    ) -> RotationJobInfo:
+        """Claim the job and drive it until it completes, pauses (e.g. Vault unreachable) or, when this
+        process drains, is released at a batch boundary. `takeover`: the scheduler found the job abandoned
+        (its holder dead or silent for longer than the lease); its claim is audited as the system's."""
+        if self.draining():
+            raise Busy(f"rotation job {job_id} is not started here: this process is shutting down", job_id=job_id)
         lease.mark_running(job_id)
         try:
             async with self.storage.write() as s:
-                job = await lease.claim(s, job_id, self.stale_after)
-                await self._audit(
-                    s,
-                    job,
-                    "-",
-                    "claimed",
-                    {"owner": job.owner, "cursor_account_id": job.cursor_account_id, "cursor_row_id": job.cursor_row_id},
-                )
+                claimed = await lease.claim(s, job_id, self.stale_after)
+                job = claimed.job
+                detail: dict[str, Any] = {
+                    "owner": job.owner,
+                    "cursor_account_id": job.cursor_account_id,
+                    "cursor_row_id": job.cursor_row_id,
+                }
+                if takeover:
+                    detail.update(previous_owner=claimed.previous_owner, lease_seconds=self.stale_after,
+                                  heartbeat_age_seconds=None if claimed.heartbeat_age is None
+                                  else round(claimed.heartbeat_age, 3))
+                outcome = "taken_over" if takeover else "claimed"
+                await self._audit(s, job, "-", outcome, detail,
+                                  principal=f"system/{lease.instance_id()}" if takeover else None)
             await self._point("after-claim")
-            return await self._drive(job, progress)
+            keeper = asyncio.get_running_loop().create_task(self._keep_lease(job_id), name=f"lease-{job_id}")
+            try:
+                return await self._drive(job, progress)
+            finally:
+                keeper.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(keeper, return_exceptions=True)
         finally:
             lease.mark_stopped(job_id)
 
-    def launch(self, job_id: int, *, progress: ProgressFn | None = None) -> asyncio.Task[RotationJobInfo | None]:
+    async def _keep_lease(self, job_id: int) -> None:
+        """Refresh the heartbeat every quarter of the lease while the job runs, so a slow batch (Vault
+        answering slowly) does not look abandoned; stop once the lease was taken (the run stops at its next
+        batch). A failed refresh is retried at the next beat: the batches' own saves beat too."""
+        while True:
+            await anyio.sleep(self.stale_after / 4)
+            try:
+                async with self.storage.write() as s:
+                    if not await lease.beat(s, job_id):
+                        return
+            except Exception:  # noqa: BLE001 - the database may be down; the job pauses on its own
+                log.debug("heartbeat of rotation job %s failed", job_id, exc_info=True)
+
+    def launch(
+        self, job_id: int, *, progress: ProgressFn | None = None, takeover: bool = False
+    ) -> asyncio.Task[RotationJobInfo | None]:
         """Run a committed job in the background (after the call that planned it committed: no waiting for
         its row to appear); await the task to wait for its end. A job another process runs, or one already
         finished, is left alone (the task's result is then None)."""
@@ -165,7 +210,7 @@ class RotationEngine:
 
         async def body() -> RotationJobInfo | None:
             try:
-                return await self.run(job_id, progress=report if reports else None)
+                return await self.run(job_id, progress=report if reports else None, takeover=takeover)
             except (Busy, Conflict) as exc:
                 log.info("rotation job %s not run: %s", job_id, exc.message)
             except Exception:
@@ -183,11 +228,18 @@ class RotationEngine:
 
     # -- audit and end -----------------------------------------------------------------------------
     async def _audit(
-        self, s: AsyncSession, job: RotationJob, account: str, outcome: str, detail: dict[str, Any], **arguments: Any
+        self,
+        s: AsyncSession,
+        job: RotationJob,
+        account: str,
+        outcome: str,
+        detail: dict[str, Any],
+        principal: str | None = None,
+        **arguments: Any,
     ) -> None:
         await audit.append(
             s,
-            principal=job.started_by,
+            principal=principal or job.started_by,
             account=account,
             tool=AUDIT_TOOL,
             arguments={"job_id": job.id, **arguments},
@@ -228,6 +280,23 @@ class RotationEngine:
         for col, value in zip(_PROGRESS, row, strict=True):
             setattr(job, col.key, value)
 
+    async def _release(self, job: RotationJob) -> None:
+        """Give the lease back at a batch boundary (this process drains): the job goes back to pending with
+        no owner, so the next takeover tick of any replica resumes it from its cursor at once."""
+        try:
+            await self._reload_progress(job)
+            job.status, job.error = "pending", None
+            async with self.storage.write() as s:
+                await lease.save(s, job, owner=None)
+                await self._audit(s, job, "-", "released", {"owner": lease.instance_id(), "reason": "shutdown",
+                                                            "cursor_account_id": job.cursor_account_id,
+                                                            "cursor_row_id": job.cursor_row_id})
+            job.owner = None
+        except LostOwnership:
+            pass
+        except Exception:  # the database may be what failed; the lease then expires on its own
+            log.exception("could not release rotation job %s", job.id)
+
     async def _pause(self, job: RotationJob, error: str) -> None:
         try:
             await self._reload_progress(job)
@@ -257,6 +326,9 @@ class RotationEngine:
             await report(f"{status}: {job.rewrapped} rewrapped, {job.failed} failed, {job.skipped} skipped")
         except LostOwnership:
             log.warning("rotation job %s was taken over by another process; stopping", job.id)
+        except Released:
+            await self._release(job)
+            await report("released at shutdown: another replica (or the next start) resumes it from its cursor")
         except (FleetError, OperationalError) as exc:
             # Vault unreachable, sealed, denied, key missing, database locked: pause with the reason.
             what = exc.message if isinstance(exc, FleetError) else f"database error ({type(exc).__name__})"
