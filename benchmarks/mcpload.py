@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import sqlite3
 import subprocess
@@ -102,6 +103,7 @@ class FleetInstance:
         extra.update(env or {})
         self.env = python_env(**extra)
         self.servers: list[HttpProc] = []
+        self._agent_tokens: list[str] = []
 
     def cli(self, *args: str) -> str:
         proc = subprocess.run([sys.executable, "-m", "fleet_mcp", *args], env=self.env, capture_output=True,
@@ -123,6 +125,20 @@ class FleetInstance:
     def token(self, label: str, role: str = "admin", account: str = "default") -> str:
         return self.cli("token", "create", "--account", account, "--name", label, "--role", role
                         ).strip().splitlines()[-1]
+
+    def agent_tokens(self, n: int, role: str = "admin") -> list[str]:
+        """One token per concurrent session, each its own principal (`agent-0` …): many agents, as in a real
+        deployment. Sessions sharing one principal would meet the per-principal concurrency limit
+        (FLEET_MCP_MAX_CONCURRENT_CALLS_PER_PRINCIPAL) and be answered `busy` — that limit is not what a
+        throughput figure measures. Created once per instance (through the audited CLI), not timed."""
+        while len(self._agent_tokens) < n:
+            self._agent_tokens.append(self.token(f"agent-{len(self._agent_tokens)}", role))
+        return self._agent_tokens[:n]
+
+    def agent_clients(self, url: str, n: int) -> Callable[[], Any]:
+        """A `make_client` for `concurrent_load`: each new client gets the next agent's token."""
+        tokens = itertools.cycle(self.agent_tokens(n))
+        return lambda: http_client(url, next(tokens))
 
     def stdio_params(self) -> Any:
         from mcp import StdioServerParameters

@@ -13,7 +13,7 @@ TITLE = "Memory"
 DESCRIPTION = (
     "RSS of the server process (`/proc/<pid>/status`), fleet-mcp's `serve --transport http` on SQLite next to "
     "the echo floor server: idle (after start-up and a few calls), and the highest value sampled every 50 ms "
-    "while concurrent HTTP sessions call a read tool."
+    "while concurrent HTTP sessions call a read tool (each session its own agent token and principal)."
 )
 
 
@@ -36,7 +36,7 @@ async def run(ctx: RunContext) -> None:
         peaks = {}
         for key, srv, make, t, a in (
             ("floor", floor_srv, lambda: http_client(floor_srv.url), "echo", echo_args),
-            ("fleet", fleet_srv, lambda: http_client(fleet_srv.url, token), tool, args),
+            ("fleet", fleet_srv, fleet.agent_clients(fleet_srv.url, sessions), tool, args),
         ):
             peak = [proc_rss(srv.pid)[0]]
             res = await concurrent_load(make, t, a, sessions, calls,

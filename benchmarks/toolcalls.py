@@ -24,7 +24,9 @@ DESCRIPTION = (
     "Client-observed round trip of one `tools/call` through the MCP SDK client, sequential and under "
     "concurrent HTTP sessions. Floor: the SDK's bare `echo` tool on a plain `MCPServer` (benchmarks/echo_server.py) "
     "served the same way in the same run. fleet-mcp calls include bearer auth (HTTP), permission check, "
-    "policy evaluation (a permissive policy file, so every call runs), the database work and the audit row."
+    "policy evaluation (a permissive policy file, so every call runs), the database work and the audit row. "
+    "Concurrent sessions are as many agents, each with its own token and principal (the default "
+    "per-principal concurrency limit stays in force; one principal's sessions beyond it are answered busy)."
 )
 
 SMALL_FLEET = "templates:\n  web:\n    node_platform: linux\n"
@@ -152,7 +154,7 @@ async def run(ctx: RunContext) -> None:
                 shape = f"{sessions} sessions × {n_calls} calls"
                 floor_tp, floor_p99 = floors[n_calls].throughput, floors[n_calls].stats.p99
                 before = fleet.audit_counts().get(tool, 0)
-                load = await concurrent_load(lambda: http_client(fleet_srv.url, token), tool, args, sessions,
+                load = await concurrent_load(fleet.agent_clients(fleet_srv.url, sessions), tool, args, sessions,
                                              n_calls)
                 rows = fleet.audit_counts().get(tool, 0) - before
                 made = len(load.stats.latencies) + load.warmups
