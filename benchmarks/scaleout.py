@@ -194,7 +194,10 @@ def classify(result: Any = None, exc: BaseException | None = None) -> tuple[str,
         text = f"{type(exc).__name__}: {exc}"[:200]
         transport = ("Connect", "ReadError", "RemoteProtocol", "ClosedResource", "EndOfStream", "ReadTimeout",
                      "WriteError", "BrokenResource", "Disconnected")
-        return ("unavailable" if any(t in type(exc).__name__ for t in transport) else "failed"), TRANSPORT + text
+        # fleet-mcp's own HTTP-level refusals (database unreachable before the gate) are JSON-RPC errors whose
+        # message starts "unavailable:" — retryable, like the gate's `unavailable` results.
+        retryable = any(t in type(exc).__name__ for t in transport) or str(exc).startswith("unavailable:")
+        return ("unavailable" if retryable else "failed"), TRANSPORT + text
     if not getattr(result, "is_error", False):
         return "ok", ""
     sc = getattr(result, "structured_content", None) or {}
@@ -1037,10 +1040,7 @@ def render_reliability(results: dict[str, Any]) -> str | None:
         whys = f.get("first_why") or {}
         if any("MCPError: Server returned an error response" in w for w in whys.values()):
             out += ["", "`MCPError: Server returned an error response` is how the SDK client reports an HTTP error "
-                    "status instead of a tool result. The bearer-token check of the HTTP transport "
-                    "(src/fleet_mcp/http.py) reads the database before a call reaches the gate, and only refused "
-                    "or revoked tokens are caught there, so while PostgreSQL is down a call can be answered "
-                    "HTTP 500 instead of the gate's retryable `unavailable` error. Such calls changed nothing "
+                    "status without a JSON-RPC error body instead of a tool result. Such calls changed nothing "
                     "(the invariants below hold); they are counted as *failed*."]
         if whys:
             out += ["", "The first answer of each kind that was not ok (`transport:` — the SDK client raised, no tool "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import uvicorn
 from sqlalchemy import text
-from starlette.types import Message, Receive
+from starlette.types import Message, Receive, Send
 
 from fleet_mcp import __version__
 
@@ -51,6 +52,26 @@ READY_DB_TIMEOUT = 2.0
 EXIT_MARGIN = 5.0
 #: Seconds a client refused while draining is told to wait before retrying (elsewhere).
 DRAIN_RETRY_AFTER = 1
+
+
+#: Seconds a client is told to wait when the database cannot be reached to check its token.
+DATABASE_RETRY_AFTER = 2
+
+
+async def respond_database_unreachable(send: Send) -> None:
+    """503 + Retry-After: the token could not be checked because the database is unreachable. Nothing ran;
+    the same request can be sent again (to this or another replica). The body is a JSON-RPC error, which MCP
+    clients surface as the call's error (a bare HTTP status reaches an agent as "Server returned an error
+    response"); `data` carries the machine-readable code and wait."""
+    payload = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32000,
+        "message": "unavailable: the database cannot be reached to check the bearer token; nothing was run; "
+                   f"retry after {DATABASE_RETRY_AFTER} s",
+        "data": {"code": "unavailable", "retry_after_s": DATABASE_RETRY_AFTER}}}).encode()
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        (b"retry-after", str(DATABASE_RETRY_AFTER).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def readiness(fleet: App) -> tuple[int, dict[str, Any]]:

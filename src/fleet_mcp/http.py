@@ -22,8 +22,14 @@ from fleet_mcp.app import App
 from fleet_mcp.callers import bearer as _bearer
 from fleet_mcp.callers import forget
 from fleet_mcp.callers import remember as _remember
-from fleet_mcp.drain import DRAIN_RETRY_AFTER, DrainingServer, readiness, until_drained
-from fleet_mcp.errors import Unauthenticated
+from fleet_mcp.drain import (
+    DRAIN_RETRY_AFTER,
+    DrainingServer,
+    readiness,
+    respond_database_unreachable,
+    until_drained,
+)
+from fleet_mcp.errors import Unauthenticated, database_unreachable
 from fleet_mcp.oauth import OAuthConfig
 from fleet_mcp.oauth.guard import OAuthGuard
 from fleet_mcp.principals import TOKEN_PREFIX, RevokedToken
@@ -76,8 +82,14 @@ class BearerAuth:
         if token is not None:
             assert self.fleet.read_sessionmaker is not None
             try:
-                async with self.fleet.read_sessionmaker() as session:
-                    caller = await principals.authenticate(session, token)
+                try:
+                    async with self.fleet.read_sessionmaker() as session:
+                        caller = await principals.authenticate(session, token)
+                except Exception as exc:
+                    if not database_unreachable(exc):
+                        raise
+                    await respond_database_unreachable(send)
+                    return
                 _remember(principals.token_digest(token), caller)
                 owner = (caller.account_id, caller.name)
                 session_id = headers.get("mcp-session-id")

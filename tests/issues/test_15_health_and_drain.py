@@ -76,14 +76,26 @@ def test_readyz_follows_the_database_and_livez_the_process(pg: PostgresServer, t
         code, ready = get(server.url + "/readyz")
         assert (code, ready["status"]) == (200, "ok"), ready
         assert get(server.url + "/livez") == (200, {"status": "alive", "version": ready["version"]})
+        run_cli(env, "account", "create", "acme")
+        token = run_cli(env, "token", "create", "--account", "acme", "--name", "alice", "--role", "viewer"
+                        ).stdout.strip().splitlines()[-1]
+        assert new_session(server.url, token)[0] == 200
         _pg_ctl(pg, "-m", "fast", "-w", "stop")
         for path in ("/readyz", "/healthz"):
             code, body = get(server.url + path)
             assert (code, body["reason"]) == (503, "database_unreachable"), (path, body)
         assert get(server.url + "/livez") == (200, {"status": "alive", "version": ready["version"]})
+        # A request whose token cannot be checked is answered 503 with Retry-After (retryable, nothing ran),
+        # not 500; the body is a JSON-RPC error, so an MCP client shows the agent why.
+        code, headers, body = new_session(server.url, token)
+        assert code == 503 and body["error"]["data"] == {"code": "unavailable", "retry_after_s": 2}, (code, body)
+        assert body["error"]["message"].startswith("unavailable: the database cannot be reached")
+        assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "2"
+        assert token not in json.dumps(body)
         opts = f"-p {pg.port} -k {pg.sock} -c listen_addresses=127.0.0.1 -c fsync=off"
         _pg_ctl(pg, "-o", opts, "-l", str(pg.dir / "log"), "-w", "start")
         wait_for(lambda: get(server.url + "/readyz")[0] == 200, "/readyz to answer 200 again")
+        assert new_session(server.url, token)[0] == 200
         assert server.proc.poll() is None  # the same process: no restart
     finally:
         server.stop()

@@ -13,7 +13,8 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleet_mcp.errors import ExternalError
+from fleet_mcp.drain import respond_database_unreachable
+from fleet_mcp.errors import ExternalError, database_unreachable
 from fleet_mcp.oauth.config import OAuthConfig
 from fleet_mcp.oauth.identities import resolve_caller
 from fleet_mcp.oauth.mapping import map_identity
@@ -117,6 +118,11 @@ class OAuthGuard:
         except IdentityRefused as exc:
             await refuse(send, 403, {"error": "access_denied", "error_description": exc.message},
                           challenge(cfg, error="access_denied", description=exc.message))
+            return
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            await respond_database_unreachable(send)
             return
         self.remember(token_digest(token), caller)
         # The SDK binds a stateful session to (client_id, issuer, subject): it survives a token refresh and
