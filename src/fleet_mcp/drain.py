@@ -58,20 +58,24 @@ DRAIN_RETRY_AFTER = 1
 DATABASE_RETRY_AFTER = 2
 
 
-async def respond_database_unreachable(send: Send) -> None:
-    """503 + Retry-After: the token could not be checked because the database is unreachable. Nothing ran;
-    the same request can be sent again (to this or another replica). The body is a JSON-RPC error, which MCP
-    clients surface as the call's error (a bare HTTP status reaches an agent as "Server returned an error
-    response"); `data` carries the machine-readable code and wait."""
+async def respond_unavailable(send: Send, reason: str, message: str, retry_after: int) -> None:
+    """503 + Retry-After for a request refused before the gate (nothing ran; the same request can be sent
+    again, to this or another replica). The body is a JSON-RPC error, which MCP clients surface as the call's
+    error (a bare HTTP status reaches an agent only as "Server returned an error response"); `data` carries
+    the machine-readable reason and wait."""
     payload = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-        "code": -32000,
-        "message": "unavailable: the database cannot be reached to check the bearer token; nothing was run; "
-                   f"retry after {DATABASE_RETRY_AFTER} s",
-        "data": {"code": "unavailable", "retry_after_s": DATABASE_RETRY_AFTER}}}).encode()
+        "code": -32000, "message": f"unavailable: {message}; nothing was run; retry after {retry_after} s",
+        "data": {"code": reason, "retry_after_s": retry_after}}}).encode()
     await send({"type": "http.response.start", "status": 503, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        (b"retry-after", str(DATABASE_RETRY_AFTER).encode())]})
+        (b"retry-after", str(retry_after).encode())]})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def respond_database_unreachable(send: Send) -> None:
+    """The bearer token could not be checked: the database is unreachable."""
+    await respond_unavailable(send, "unavailable", "the database cannot be reached to check the bearer token",
+                              DATABASE_RETRY_AFTER)
 
 
 async def readiness(fleet: App) -> tuple[int, dict[str, Any]]:

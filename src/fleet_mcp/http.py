@@ -27,6 +27,7 @@ from fleet_mcp.drain import (
     DrainingServer,
     readiness,
     respond_database_unreachable,
+    respond_unavailable,
     until_drained,
 )
 from fleet_mcp.errors import Unauthenticated, database_unreachable
@@ -68,9 +69,8 @@ class BearerAuth:
             # refused by admission control instead, as busy with retry_after and an audit row.
             receive, opening = await _peek_initialize(receive)
             if opening:
-                await _respond(send, 503, {"error": "draining", "error_description": "this server is shutting "
-                                           f"down; retry after {DRAIN_RETRY_AFTER} s (another replica answers)"},
-                               www_authenticate=False, retry_after=DRAIN_RETRY_AFTER)
+                await respond_unavailable(send, "draining", "this server is shutting down (another replica "
+                                          "answers)", DRAIN_RETRY_AFTER)
                 return
         if scope.get("method") == "GET":
             receive = until_drained(receive, self.fleet.drained)  # a long-lived event stream

@@ -166,7 +166,8 @@ async def test_sigterm_drains_the_call_in_flight_and_exits_0(
                 assert body["reason"] == "draining", body
                 assert get(server.url + "/livez")[0] == 200
                 code, headers, refused = new_session(server.url, token)
-                assert (code, refused["error"]) == (503, "draining") and headers.get("retry-after") == "1", refused
+                assert (code, refused["error"]["data"]["code"]) == (503, "draining"), refused
+                assert headers.get("retry-after") == "1" and "shutting down" in refused["error"]["message"]
                 busy = await c.call_tool("system_list_templates", {})
                 assert busy.is_error and busy.structured_content["status"] == "busy", busy.structured_content
                 assert busy.structured_content["retry_after"] > 0
