@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from fleet_mcp.db.all_models import metadata
 from fleet_mcp.db.engine import create_engine
 
 config = context.config
+
+#: PostgreSQL advisory lock key held while migrating: replicas started at once on one database take turns, and
+#: each one after the first finds the schema already at head (its version is read after the lock is taken).
+MIGRATION_LOCK_KEY = 0x666C6565745F6D67  # "fleet_mg"
 
 
 def _run(connection: Connection) -> None:
@@ -21,6 +26,8 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
