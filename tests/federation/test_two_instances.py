@@ -395,6 +395,19 @@ async def test_a_hanging_remote_does_not_stall_writers_while_a_refresh_waits_for
         ok, r = refreshed["result"]
         assert ok and r["outcome"] == "unreachable", r
         assert r["federation_peer"]["remote_instance"]["last_error_kind"] == "unreachable", r
+
+        # Nothing listens there any more: a suspend commits here first, its push after the commit fails and the
+        # action stays pending on the link for the next poll; the push is audited on its own.
+        stop.set()
+        thread.join(2)
+        hang.close()
+        async with a.client() as c:
+            ok, r = await call(c, "system_sdwan_suspend_federation_peer",
+                               {"federation_peer_id": peer_a, "reason": "remote gone"})
+            assert ok and r["federation_peer"]["status"] == "suspended", r
+            assert r["federation_peer"]["remote_instance"]["pending_action"] == "suspend", r
+            ok, r = await call(c, "system_audit_query", {"tool": "federation.push_lifecycle"})
+            assert ok and [e["outcome"] for e in r["entries"]] == ["error"], r
     finally:
         stop.set()
         for conn in held:

@@ -608,12 +608,11 @@ class FederationService:
     # re-reads the rows in a short unit of work, drops the answer when they changed meanwhile
     # (compare-and-set; the next poll retries) and applies it.
 
-    async def prepare_poll(
-        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None, push_only: bool = False
-    ) -> RemotePoll | None:
-        """What a poll of one peer needs before it dials (a read session is enough); None when the peer is not
-        established on another instance (a Conflict when a caller's account asked for it). With `push_only`
-        the poll delivers the pending lifecycle change and fetches no bundle (None when nothing is pending)."""
+    async def established(
+        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None
+    ) -> tuple[FederationPeer, FederationRemote] | None:
+        """A peer established on another instance with its link; None when it is not one (a Conflict, or
+        NotFound when invisible, when a caller's account asked for it)."""
         peer = (
             await peers.visible(session, account_id, peer_id)
             if account_id is not None
@@ -628,6 +627,18 @@ class FederationService:
                     federation_peer_id=peer_id,
                 )
             return None
+        return peer, link
+
+    async def prepare_poll(
+        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None, push_only: bool = False
+    ) -> RemotePoll | None:
+        """What a poll of one peer needs before it dials (a read session is enough); None when the peer is not
+        established on another instance (a Conflict when a caller's account asked for it). With `push_only`
+        the poll delivers the pending lifecycle change and fetches no bundle (None when nothing is pending)."""
+        found = await self.established(session, peer_id=peer_id, account_id=account_id)
+        if found is None:
+            return None
+        peer, link = found
         if push_only and not link.pending_action:
             return None
         return RemotePoll(

@@ -297,7 +297,7 @@ async def refresh_federation_peer(ctx: ToolContext, args: PeerIdArgs) -> Refresh
     call's transaction opens; if the peer changed meanwhile the answer is dropped (outcome `changed`)."""
     svc = service(ctx)
     # Checks visibility and that the peer is remote again, with the errors a caller should see.
-    await svc.prepare_poll(ctx.session, peer_id=args.federation_peer_id, account_id=ctx.principal.account_id)
+    await svc.established(ctx.session, peer_id=args.federation_peer_id, account_id=ctx.principal.account_id)
     poll = ctx.prepared
     if poll is None or poll.peer_id != args.federation_peer_id:
         raise ExternalError(
