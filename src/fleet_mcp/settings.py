@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     federation_rate_per_second: float = Field(
         default=1.0, gt=0, le=1000, description="Rate at which a source's federation request budget refills."
     )
+    federation_channel_timeout_seconds: float = Field(
+        default=10.0, ge=1, le=600,
+        description="Bound on each call to another instance over an established channel (bundle poll, "
+        "lifecycle push, channel renewal); none of them holds a write transaction while it waits.",
+    )
     federation_channel_cert_seconds: int = Field(
         default=365 * 86_400, ge=60, le=2 * 365 * 86_400,
         description="Lifetime of the channel client certificates this instance issues to its peers; each side "

@@ -107,8 +107,13 @@ async def test_bad_bundles_are_refused_and_reported(uow, svc, account, sessionma
     try:
         peer_id = await _linked_peer(uow, svc, account, fake, endpoint)
 
+        async def dialed() -> Any:  # read, then the wire with no transaction open
+            poll = await uow(lambda s: svc.prepare_poll(s, peer_id=peer_id, account_id=account.id))
+            return await svc.dial_poll(poll)
+
         async def refresh() -> str:
-            return await uow(lambda s: svc.refresh_remote(s, peer_id=peer_id, account_id=account.id))
+            poll = await dialed()
+            return await uow(lambda s: svc.apply_poll(s, poll))
 
         async def state() -> tuple[str, int, list[str]]:
             async with sessionmaker() as s:
@@ -119,8 +124,13 @@ async def test_bad_bundles_are_refused_and_reported(uow, svc, account, sessionma
                     "current" if c.revoked_at is None and c.superseded_at is None else "old" for c in certs
                 )
 
+        # A poll whose answer arrives after another poll changed the link is dropped, not applied.
+        fake.answer = (200, fake.bundle(9, status="revoked"))
+        stale = await dialed()
         fake.answer = (200, fake.bundle(5))
         assert await refresh() == "ok"
+        assert await state() == ("active", 5, ["current"])
+        assert await uow(lambda s: svc.apply_poll(s, stale)) == "changed"
         assert await state() == ("active", 5, ["current"])
 
         refused = {

@@ -339,6 +339,85 @@ async def test_two_acceptors_race_for_one_token_and_a_hanging_endpoint_is_bounde
             inst.stop()
 
 
+async def test_a_hanging_remote_does_not_stall_writers_while_a_refresh_waits_for_it(tmp_path: Path) -> None:
+    """A refresh dials the other instance before its unit of work opens: while the remote accepts the
+    connection and then says nothing, a write tool on the same (SQLite, single-writer) instance completes."""
+    import threading
+
+    import anyio
+
+    a = _instance(tmp_path, "eu-west", "acme", ACME)
+    b = _instance(tmp_path, "us-east", "globex", GLOBEX)
+    a.env["FLEET_MCP_FEDERATION_CHANNEL_TIMEOUT_SECONDS"] = "300"  # far beyond the deadline below
+    hang: socket.socket | None = None
+    held: list[socket.socket] = []
+    dialed, stop = threading.Event(), threading.Event()
+    try:
+        a.start()
+        b.start()
+        peer_a, token = await propose(a)
+        async with b.client() as c:
+            ok, r = await call(c, "system_sdwan_accept_remote_federation_peer", {"peering_token": token})
+            assert ok, r
+        # B goes away and its address now accepts connections and never answers (not even the TLS handshake).
+        b.stop()
+        hang = socket.create_server(("127.0.0.1", b.fed_port))
+        hang.settimeout(0.2)
+
+        def accept_and_say_nothing() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = hang.accept()  # type: ignore[union-attr]
+                except OSError:
+                    continue
+                held.append(conn)
+                dialed.set()
+
+        thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+        thread.start()
+        refreshed: dict[str, Any] = {}
+
+        async def refresh() -> None:
+            async with a.client() as c:
+                refreshed["result"] = await call(c, "system_sdwan_refresh_federation_peer",
+                                                 {"federation_peer_id": peer_a})
+
+        async with a.client() as writer, anyio.create_task_group() as tg:
+            tg.start_soon(refresh)
+            assert await anyio.to_thread.run_sync(dialed.wait, 120), "the refresh never dialed the other instance"
+            with anyio.fail_after(60):  # the channel timeout is 300 s: before the change this waited for it
+                ok, r = await call(writer, "system_put_template",
+                                   {"name": "web", "spec": {"description": "written while a refresh waits"}})
+            assert ok, r
+            assert "result" not in refreshed  # the refresh is still waiting for the other instance
+            for conn in held:  # the other instance hangs up: the refresh ends now, reporting it
+                conn.close()
+        ok, r = refreshed["result"]
+        assert ok and r["outcome"] == "unreachable", r
+        assert r["federation_peer"]["remote_instance"]["last_error_kind"] == "unreachable", r
+
+        # Nothing listens there any more: a suspend commits here first, its push after the commit fails and the
+        # action stays pending on the link for the next poll; the push is audited on its own.
+        stop.set()
+        thread.join(2)
+        hang.close()
+        async with a.client() as c:
+            ok, r = await call(c, "system_sdwan_suspend_federation_peer",
+                               {"federation_peer_id": peer_a, "reason": "remote gone"})
+            assert ok and r["federation_peer"]["status"] == "suspended", r
+            assert r["federation_peer"]["remote_instance"]["pending_action"] == "suspend", r
+            ok, r = await call(c, "system_audit_query", {"tool": "federation.push_lifecycle"})
+            assert ok and [e["outcome"] for e in r["entries"]] == ["error"], r
+    finally:
+        stop.set()
+        for conn in held:
+            conn.close()
+        if hang is not None:
+            hang.close()
+        a.stop()
+        b.stop()
+
+
 async def test_strangers_cannot_lock_or_cancel_a_proposal_but_a_guessed_secret_is_counted(two) -> None:  # noqa: ANN001
     """Anyone can reach the endpoint: garbage establishes get the uniform refusal and change nothing; a wrong
     secret under the right public id (someone saw the token) counts towards the lock."""

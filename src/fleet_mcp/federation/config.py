@@ -30,6 +30,8 @@ class FederationConfig:
     channel_cert_lifetime: dt.timedelta = dt.timedelta(days=365)
     channel_renew_at: float = 2 / 3
     handshake_timeout: float = 5.0
+    #: One bound (connect, TLS, write, read) on each call to another instance over an established channel.
+    channel_timeout: float = 10.0
     #: Seconds between polls of a remote instance's bundle (sent to peers as the refresh hint).
     refresh_hint: int = 300
     #: Verify handshakes with the CRLs loaded (VERIFY_CRL_CHECK_CHAIN), not only the bundles.
@@ -48,6 +50,7 @@ class FederationConfig:
             cross_cert_lifetime=dt.timedelta(days=settings.cross_cert_days),
             token_ttl_default=settings.federation_token_ttl,
             refresh_hint=getattr(settings, "federation_refresh_seconds", 300),
+            channel_timeout=float(getattr(settings, "federation_channel_timeout_seconds", 10.0)),
             channel_cert_lifetime=dt.timedelta(
                 seconds=getattr(settings, "federation_channel_cert_seconds", 365 * 86_400)
             ),

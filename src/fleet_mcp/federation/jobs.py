@@ -45,7 +45,8 @@ async def renew_cross_certificates(app: Any) -> int:
 @job("federation.refresh_remote_bundles", lambda app: float(getattr(app.settings, "federation_refresh_seconds", 300)))
 async def refresh_remote_bundles(app: Any) -> int:
     """Poll every established peer on another instance: pending lifecycle pushes, bundle, status (pull).
-    One unit of work per peer, audited when it changed anything; a failure stays on the peer for the scan."""
+    Each dials with no transaction open, then applies in one short unit of work per peer, audited when it
+    changed anything; a failure stays on the peer for the scan."""
     if app.transit is None:
         return 0
     from sqlalchemy import select
@@ -66,25 +67,12 @@ async def refresh_remote_bundles(app: Any) -> int:
                 )
             )
         ).scalars().all()
+    from fleet_mcp.federation.polling import poll_peer
+
     changed = 0
     for peer_id in ids:
-        async with app.unit_of_work() as uow:
-            session = uow.session
-            before = (await session.get(FederationPeer, peer_id)).status
-            outcome = await svc.refresh_remote(session, peer_id=peer_id)
-            after = (await session.get(FederationPeer, peer_id)).status
-            if outcome != "ok" or before != after:
-                changed += 1
-                await audit.append(
-                    session,
-                    principal="system/scheduler",
-                    account="*",
-                    tool="federation.refresh_remote_bundles",
-                    arguments={"federation_peer_id": peer_id},
-                    decision="scheduled",
-                    outcome="ok" if outcome in ("ok", "revoked") else "error",
-                    detail={"outcome": outcome, "status": after},
-                )
+        if await poll_peer(app, svc, peer_id) != "ok":
+            changed += 1
     return changed
 
 
@@ -98,14 +86,13 @@ def _channel_renew_interval(app: Any) -> float:
 @job("federation.renew_channel_certificates", _channel_renew_interval)
 async def renew_channel_certificates(app: Any) -> int:
     """Renew, over the channel, every channel certificate another instance issued to us that is past two thirds
-    of its life (peers not revoked). One audited unit of work per peer; a failure keeps the current certificate
+    of its life (peers not revoked), dialing with no transaction open; then one short audited unit of work per
+    peer; a failure keeps the current certificate
     and is recorded on the link for the scan (`channel_cert_expiring`)."""
     if app.transit is None:  # (no listener needed here: the holder only dials the issuer)
         return 0
     from sqlalchemy import select
 
-    from fleet_mcp.db.base import utcnow
-    from fleet_mcp.errors import ExternalError
     from fleet_mcp.federation.lifecycle import PeerStatus
     from fleet_mcp.federation.listener import build_service
     from fleet_mcp.federation.models import FederationPeer, FederationRemote
@@ -123,32 +110,12 @@ async def renew_channel_certificates(app: Any) -> int:
                 )
             )
         ).scalars().all()
+    from fleet_mcp.federation.polling import renew_channel
+
     renewed = 0
     for peer_id in ids:
-        async with app.unit_of_work() as uow:
-            session = uow.session
-            link = await svc.remote.remote_of(session, peer_id)
-            now = utcnow()
-            if link is None or not svc.remote.channel_renewal_due(link, now):
-                continue
-            try:
-                not_after = await svc.remote.renew_outbound(session, link, now=now)
-            except ExternalError as exc:
-                link.last_error_kind, link.last_error = "channel_renewal_failed", exc.message[:500]
-                outcome, detail = "error", {"error": exc.message}
-            else:
-                renewed += 1
-                outcome, detail = "ok", {"not_after": not_after}
-            await audit.append(
-                session,
-                principal="system/scheduler",
-                account="*",
-                tool="federation.renew_channel_certificates",
-                arguments={"federation_peer_id": peer_id},
-                decision="scheduled",
-                outcome=outcome,
-                detail=detail,
-            )
+        if await renew_channel(app, svc, peer_id):
+            renewed += 1
     if renewed:
         log.info("renewed %d federation channel certificate(s)", renewed)
     return renewed

@@ -94,6 +94,34 @@ def _same_key(cert: x509.Certificate, key_pem: bytes) -> bool:
     )
 
 
+@dataclass
+class Channel:
+    """How to call the other instance of an established link: everything read from the database before, so
+    that the call itself needs no session (and no transaction stays open while it waits)."""
+
+    endpoint: str
+    remote_peer_id: int
+    server_hostname: str
+    ctx: Any
+    timeout: float = wire.TIMEOUT
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+        return await wire.call(
+            self.endpoint, method, f"{API}/peers/{self.remote_peer_id}/{path}", body, ctx=self.ctx,
+            server_hostname=self.server_hostname, timeout=self.timeout,
+        )
+
+
+@dataclass
+class Renewal:
+    """A channel certificate renewal prepared in a read session (`RemoteFederation.prepare_renewal`)."""
+
+    peer_id: int
+    channel: Channel
+    instance_ca_pem: str
+    current_cert_pem: str
+
+
 class RemoteFederation:
     """Both roles of the two-instance protocol. `identity` is this instance's endpoint identity (None when
     the server has no federation listener) and `endpoint` the URL it advertises."""
@@ -350,19 +378,34 @@ class RemoteFederation:
         start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
         return now >= start + (end - start) * self.config.channel_renew_at
 
-    async def renew_outbound(self, session: AsyncSession, remote: FederationRemote, *, now: dt.datetime) -> str:
-        """Message 7 (holder side): a new key and CSR, signed by the other instance over the current channel;
-        the answer must chain to the pinned instance CA and carry our new key. Returns the new not-after."""
-        assert remote.remote_endpoint and remote.remote_instance_id and remote.remote_instance_ca_pem
-        csr_pem, key_pem = _csr_and_key()
-        status, answer = await wire.call(
-            remote.remote_endpoint,
-            "POST",
-            f"{API}/peers/{remote.remote_peer_id}/renew",
-            {"channel_csr_pem": csr_pem},
-            ctx=await self.channel_context(session, remote),
-            server_hostname=instance_name(remote.remote_instance_id),
+    async def channel(self, session: AsyncSession, link: FederationRemote) -> Channel:
+        """How to call the other instance of an established link (its channel key unsealed in `session`, which
+        may be a read session)."""
+        assert link.remote_endpoint and link.remote_instance_id and link.remote_peer_id is not None
+        return Channel(
+            endpoint=link.remote_endpoint,
+            remote_peer_id=link.remote_peer_id,
+            server_hostname=instance_name(link.remote_instance_id),
+            ctx=await self.channel_context(session, link),
+            timeout=self.config.channel_timeout,
         )
+
+    async def prepare_renewal(self, session: AsyncSession, remote: FederationRemote) -> Renewal:
+        """Message 7 (holder side), before dialing: what the renewal call needs, read in a read session."""
+        assert remote.remote_instance_ca_pem and remote.outbound_channel_cert_pem
+        return Renewal(
+            peer_id=remote.peer_id,
+            channel=await self.channel(session, remote),
+            instance_ca_pem=remote.remote_instance_ca_pem,
+            current_cert_pem=remote.outbound_channel_cert_pem,
+        )
+
+    async def dial_renewal(self, renewal: Renewal, *, now: dt.datetime) -> tuple[x509.Certificate, bytes]:
+        """Message 7 (holder side), on the wire with no session: a new key and CSR, signed by the other
+        instance over the current channel; the answer must chain to the pinned instance CA and carry our new
+        key. Returns the new certificate and its key; ExternalError when it does not check out."""
+        csr_pem, key_pem = _csr_and_key()
+        status, answer = await renewal.channel.call("POST", "renew", {"channel_csr_pem": csr_pem})
         if status != 200:
             code = (answer.get("error") or {}).get("code", status)
             raise ExternalError(
@@ -371,7 +414,7 @@ class RemoteFederation:
             )
         try:
             cert = pki.load_cert(str(answer["channel_cert_pem"]))
-            ok = pki.verify_signed_by(cert, pki.load_cert(remote.remote_instance_ca_pem)) and _same_key(cert, key_pem)
+            ok = pki.verify_signed_by(cert, pki.load_cert(renewal.instance_ca_pem)) and _same_key(cert, key_pem)
         except (KeyError, ValueError, TypeError):
             ok = False
         if not ok or cert.not_valid_after_utc <= now:
@@ -379,6 +422,13 @@ class RemoteFederation:
                 "the other instance answered the renewal with a certificate that does not check out",
                 hint="the current certificate stays in use; ask the other operators to check their instance",
             )
+        return cert, key_pem
+
+    async def store_renewal(
+        self, session: AsyncSession, remote: FederationRemote, cert: x509.Certificate, key_pem: bytes
+    ) -> str:
+        """Message 7 (holder side), in the unit of work: keep the renewed certificate and seal its key (the
+        old key is discarded). Returns the new not-after."""
         old_ref = remote.outbound_channel_key_ref
         remote.outbound_channel_cert_pem = pki.cert_to_pem(cert)
         remote.outbound_channel_key_ref = await self.authorities.sealer.seal(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -19,11 +20,11 @@ from fleet_mcp.federation import remote as remote_mod
 from fleet_mcp.federation.accept import Acceptance, keep_changes
 from fleet_mcp.federation.authority import Authorities
 from fleet_mcp.federation.config import FederationConfig
-from fleet_mcp.federation.instance import InstanceIdentity, instance_name
+from fleet_mcp.federation.instance import InstanceIdentity
 from fleet_mcp.federation.keys import KeySealer
 from fleet_mcp.federation.lifecycle import TRUSTED_STATUSES, PeerStatus, check_action
 from fleet_mcp.federation.models import CertificateAuthority, FederationPeer, FederationRemote, IssuedCertificate
-from fleet_mcp.federation.remote import RemoteFederation
+from fleet_mcp.federation.remote import Channel, RemoteFederation
 from fleet_mcp.federation.schemas import (
     AcceptOut,
     DirectionOut,
@@ -40,6 +41,30 @@ from fleet_mcp.federation.verification import HandshakeVerifier
 __all__ = ["FederationConfig", "FederationService", "keep_changes"]
 
 REMOTE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def _poll_state(peer: FederationPeer, link: FederationRemote) -> tuple[Any, ...]:
+    """What a poll's answer was fetched for: if any of it changed before the answer is applied, the answer
+    is dropped (the next poll asks again)."""
+    return (
+        peer.status, peer.local_suspended_by, peer.remote_suspended_by, link.remote_peer_id, link.remote_endpoint,
+        link.outbound_channel_cert_pem, link.remote_domain, link.bundle_sequence,
+    )
+
+
+@dataclass
+class RemotePoll:
+    """One poll of the other instance of a peer: what it was prepared from (read session), then what the
+    other instance answered (`dial_poll`, no session), to be applied by `apply_poll` in a unit of work."""
+
+    peer_id: int
+    state: tuple[Any, ...]
+    pending: tuple[str, str] | None
+    push_only: bool
+    channel: Channel
+    pushed: tuple[int, dict[str, Any]] | None = None
+    bundle: tuple[int, dict[str, Any]] | None = None
+    bundle_error: ExternalError | None = None
 
 
 class FederationService:
@@ -370,7 +395,7 @@ class FederationService:
             correlation_id=correlation_id,
         )
         if not from_remote:
-            await self.push_lifecycle(session, peer, 'suspend', reason, now=now)
+            await self.mark_pending(session, peer, 'suspend', reason)
         return await peers.to_out(session, peer, now=now)
 
     async def resume(
@@ -432,7 +457,7 @@ class FederationService:
             },
         )
         if not from_remote:
-            await self.push_lifecycle(session, peer, 'resume', reason, now=now)
+            await self.mark_pending(session, peer, 'resume', reason)
         return await peers.to_out(session, peer, now=now)
 
     async def revoke(
@@ -464,7 +489,7 @@ class FederationService:
             correlation_id=correlation_id,
         )
         if not from_remote:
-            await self.push_lifecycle(session, peer, 'revoke', reason, now=now)
+            await self.mark_pending(session, peer, 'revoke', reason)
         return await peers.to_out(session, peer, now=now)
 
     async def verify_handshake(
@@ -506,33 +531,29 @@ class FederationService:
             correlation_id=correlation_id,
         )
 
+    async def _channel(self, session: AsyncSession, link: FederationRemote) -> Channel:
+        return await self.remote.channel(session, link)
+
     async def _channel_call(
         self, session: AsyncSession, link: FederationRemote, method: str, path: str, body: dict[str, Any] | None
     ) -> tuple[int, dict[str, Any]]:
-        assert link.remote_endpoint and link.remote_instance_id
-        return await wire.call(
-            link.remote_endpoint,
-            method,
-            f"{remote_mod.API}/peers/{link.remote_peer_id}/{path}",
-            body,
-            ctx=await self.remote.channel_context(session, link),
-            server_hostname=instance_name(link.remote_instance_id),
-        )
+        return await (await self._channel(session, link)).call(method, path, body)
 
-    async def push_lifecycle(
-        self, session: AsyncSession, peer: FederationPeer, action: str, reason: str, *, now: dt.datetime
-    ) -> None:
-        """Tell the other instance (if the peer has one); when that fails the action waits on the link and
-        the other side also learns it from its next bundle poll."""
+    async def mark_pending(self, session: AsyncSession, peer: FederationPeer, action: str, reason: str) -> None:
+        """Record a lifecycle change for the other instance (if the peer has one): it commits with the change
+        here and is delivered after the commit (`prepare_poll(push_only=True)`), or by the next poll."""
         link = await self.remote.remote_of(session, peer.id)
         if link is None or link.remote_peer_id is None or link.outbound_channel_cert_pem is None:
             return
-        try:
-            status, answer = await self._channel_call(
-                session, link, "POST", "lifecycle", {"action": action, "reason": reason}
-            )
-        except ExternalError as exc:
-            status, answer = 0, {"error": {"code": "unreachable", "message": exc.message}}
+        link.pending_action, link.pending_reason = action, reason[:500]
+        await session.flush()
+
+    @staticmethod
+    def _record_push(
+        link: FederationRemote, action: str, reason: str, status: int, answer: dict[str, Any], *, now: dt.datetime
+    ) -> None:
+        """The answer to a lifecycle push: delivered clears it; otherwise it stays pending for the next poll
+        (the other side also learns it from its own bundle poll)."""
         if status == 200:
             link.pending_action = link.pending_reason = None
             link.remote_status, link.last_contact_at = str(answer.get("status", ""))[:16] or None, now
@@ -542,7 +563,6 @@ class FederationService:
             err = answer.get("error") or {}
             link.last_error = str(err.get("message", f"status {status}"))[:500]
             link.last_error_kind = "unreachable" if status == 0 else "refused"
-        await session.flush()
 
     def _other_side(self, peer: FederationPeer, link: FederationRemote) -> tuple[int, str]:
         """The remote account's id and its side ('local' = proposer, 'remote' = acceptor) of the peer."""
@@ -582,13 +602,17 @@ class FederationService:
         elif action == "resume" and holds:
             await self.resume(session, **kw)
 
-    async def refresh_remote(
-        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None, now: dt.datetime | None = None
-    ) -> str:
-        """Poll the other instance's bundle for one peer (and deliver a pending lifecycle action first).
-        Returns what happened: ok | unreachable | refused | wrong_trust_domain | sequence_backwards |
-        malformed | revoked | not_remote."""
-        now = now or utcnow()
+    # A poll of the other instance runs in three steps so that no write transaction is open while it dials
+    # (on SQLite the unit of work holds the process's single writer): `prepare_poll` reads what it needs in
+    # a read session, `dial_poll` talks to the other instance with no session at all, and `apply_poll`
+    # re-reads the rows in a short unit of work, drops the answer when they changed meanwhile
+    # (compare-and-set; the next poll retries) and applies it.
+
+    async def established(
+        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None
+    ) -> tuple[FederationPeer, FederationRemote] | None:
+        """A peer established on another instance with its link; None when it is not one (a Conflict, or
+        NotFound when invisible, when a caller's account asked for it)."""
         peer = (
             await peers.visible(session, account_id, peer_id)
             if account_id is not None
@@ -602,9 +626,62 @@ class FederationService:
                     hint="only peers accepted across instances have a bundle to refresh",
                     federation_peer_id=peer_id,
                 )
+            return None
+        return peer, link
+
+    async def prepare_poll(
+        self, session: AsyncSession, *, peer_id: int, account_id: int | None = None, push_only: bool = False
+    ) -> RemotePoll | None:
+        """What a poll of one peer needs before it dials (a read session is enough); None when the peer is not
+        established on another instance (a Conflict when a caller's account asked for it). With `push_only`
+        the poll delivers the pending lifecycle change and fetches no bundle (None when nothing is pending)."""
+        found = await self.established(session, peer_id=peer_id, account_id=account_id)
+        if found is None:
+            return None
+        peer, link = found
+        if push_only and not link.pending_action:
+            return None
+        return RemotePoll(
+            peer_id=peer.id,
+            state=_poll_state(peer, link),
+            pending=(link.pending_action, link.pending_reason or "") if link.pending_action else None,
+            push_only=push_only,
+            channel=await self._channel(session, link),
+        )
+
+    async def dial_poll(self, poll: RemotePoll) -> RemotePoll:
+        """The network half of a poll, outside any transaction: deliver the pending lifecycle change, then
+        fetch the bundle (not for a revoked peer). Failures are kept on the poll, never raised."""
+        if poll.pending is not None:
+            action, reason = poll.pending
+            try:
+                poll.pushed = await poll.channel.call("POST", "lifecycle", {"action": action, "reason": reason})
+            except ExternalError as exc:
+                poll.pushed = (0, {"error": {"code": "unreachable", "message": exc.message}})
+        if poll.push_only or poll.state[0] == PeerStatus.REVOKED.value:
+            return poll
+        try:
+            poll.bundle = await poll.channel.call("GET", "bundle", None)
+        except ExternalError as exc:
+            poll.bundle_error = exc
+        return poll
+
+    async def apply_poll(self, session: AsyncSession, poll: RemotePoll, *, now: dt.datetime | None = None) -> str:
+        """Apply a dialed poll in the caller's unit of work. Returns what happened: ok | unreachable | refused |
+        wrong_trust_domain | sequence_backwards | malformed | revoked | not_remote | changed (the peer or its
+        link changed while the poll was on the wire: its answer is dropped and the next poll asks again)."""
+        now = now or utcnow()
+        peer = await session.get(FederationPeer, poll.peer_id, populate_existing=True)
+        link = await self.remote.remote_of(session, poll.peer_id) if peer is not None else None
+        if peer is None or link is None:
             return "not_remote"
-        if link.pending_action:
-            await self.push_lifecycle(session, peer, link.pending_action, link.pending_reason or "", now=now)
+        if poll.pushed is not None and poll.pending == (link.pending_action, link.pending_reason or ""):
+            self._record_push(link, poll.pending[0], poll.pending[1], *poll.pushed, now=now)
+            await session.flush()
+        if _poll_state(peer, link) != poll.state:
+            return "changed"
+        if poll.push_only:
+            return link.last_error_kind or "ok"
         if peer.status == PeerStatus.REVOKED.value:
             return "revoked"
 
@@ -612,12 +689,13 @@ class FederationService:
             link.last_error_kind, link.last_error = kind, message[:500]
             return kind
 
-        try:
-            status, answer = await self._channel_call(session, link, "GET", "bundle", None)
-        except ExternalError as exc:
+        if poll.bundle_error is not None:
+            exc = poll.bundle_error
             result = fail("malformed" if exc.subject.get("wire_code") else "unreachable", exc.message)
             await session.flush()
             return result
+        assert poll.bundle is not None
+        status, answer = poll.bundle
         if status != 200:
             code = str((answer.get("error") or {}).get("code", status))
             result = fail("refused", f"the other instance refused the bundle request ({code})")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from fleet_mcp.context import ToolContext
-from fleet_mcp.errors import ExternalError
+from fleet_mcp.errors import ExternalError, FleetError
 from fleet_mcp.federation.schemas import (
     AcceptOut,
     FederationPeerOut,
@@ -84,7 +84,8 @@ class AcceptRemoteArgs(Args):
 
 class RefreshOut(BaseModel):
     outcome: str = Field(
-        description="ok | unreachable | refused | wrong_trust_domain | sequence_backwards | malformed | revoked"
+        description="ok | unreachable | refused | wrong_trust_domain | sequence_backwards | malformed | revoked | "
+        "changed (the peer changed while the other instance was asked; nothing applied, poll again)"
     )
     federation_peer: FederationPeerOut
 
@@ -268,24 +269,63 @@ async def accept_remote_federation_peer(ctx: ToolContext, args: AcceptRemoteArgs
     )
 
 
+async def _dial_refresh(ctx: ToolContext, args: PeerIdArgs) -> Any:
+    """The refresh's network half, before the unit of work opens (read session, no write lock held while the
+    other instance answers or hangs). A refused request (not visible, not remote) is left to the handler."""
+    svc = service(ctx)
+    try:
+        poll = await svc.prepare_poll(
+            ctx.session, peer_id=args.federation_peer_id, account_id=ctx.principal.account_id
+        )
+    except FleetError:
+        return None
+    return await svc.dial_poll(poll) if poll is not None else None
+
+
 @tool(
     name="system_sdwan_refresh_federation_peer",
     title="Refresh a federation peer on another instance",
     permission=MANAGE,
+    prepare=_dial_refresh,
     **FEDERATION,
 )
 async def refresh_federation_peer(ctx: ToolContext, args: PeerIdArgs) -> RefreshOut:
     """Poll the other instance of a peer now (the scheduler does it every refresh interval): deliver a
     lifecycle change still pending, fetch its trust bundle and status, apply its suspension, resumption or
     revocation, and re-sign a rotated intermediate. A bundle for another trust domain, with an older
-    sequence, oversized or malformed, is refused and reported."""
-    outcome = await service(ctx).refresh_remote(
-        ctx.session, peer_id=args.federation_peer_id, account_id=ctx.principal.account_id
-    )
-    peer = await service(ctx).get_peer(
-        ctx.session, account_id=ctx.principal.account_id, peer_id=args.federation_peer_id
-    )
+    sequence, oversized or malformed, is refused and reported. The other instance is called before this
+    call's transaction opens; if the peer changed meanwhile the answer is dropped (outcome `changed`)."""
+    svc = service(ctx)
+    # Checks visibility and that the peer is remote again, with the errors a caller should see.
+    await svc.established(ctx.session, peer_id=args.federation_peer_id, account_id=ctx.principal.account_id)
+    poll = ctx.prepared
+    if poll is None or poll.peer_id != args.federation_peer_id:
+        raise ExternalError(
+            "the other instance could not be polled before this call's transaction opened; nothing changed",
+            hint="try again; the server log has the cause",
+        )
+    outcome = await svc.apply_poll(ctx.session, poll)
+    peer = await svc.get_peer(ctx.session, account_id=ctx.principal.account_id, peer_id=args.federation_peer_id)
     return RefreshOut(outcome=outcome, federation_peer=peer)
+
+
+def _push_after_commit(ctx: ToolContext, peer_id: int) -> None:
+    """Deliver the lifecycle change this call committed to the other instance (if the peer has one), after
+    the commit and outside any transaction; the result shows whether it was delivered. A failed push stays
+    pending on the link for the next poll."""
+
+    async def push(result: Any) -> PeerOut | None:
+        from fleet_mcp.federation.polling import poll_peer
+
+        svc = service(ctx)
+        await poll_peer(ctx.app, svc, peer_id, push_only=True, principal=ctx.principal.qualified,
+                        account=ctx.principal.account_name, tool="federation.push_lifecycle", always_audit=True)
+        assert ctx.app.read_sessionmaker is not None
+        async with ctx.app.read_sessionmaker() as read:
+            return PeerOut(federation_peer=await svc.get_peer(read, account_id=ctx.principal.account_id,
+                                                               peer_id=peer_id))
+
+    ctx.after_commit(push)
 
 
 @tool(
@@ -391,6 +431,7 @@ async def suspend_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut
         actor=ctx.principal.qualified,
         **_who(ctx),
     )
+    _push_after_commit(ctx, args.federation_peer_id)
     return PeerOut(federation_peer=peer)
 
 
@@ -413,6 +454,7 @@ async def resume_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
         actor=ctx.principal.qualified,
         **_who(ctx),
     )
+    _push_after_commit(ctx, args.federation_peer_id)
     return PeerOut(federation_peer=peer)
 
 
@@ -436,6 +478,7 @@ async def revoke_federation_peer(ctx: ToolContext, args: ReasonArgs) -> PeerOut:
         actor=ctx.principal.qualified,
         **_who(ctx),
     )
+    _push_after_commit(ctx, args.federation_peer_id)
     return PeerOut(federation_peer=peer)
 
 
