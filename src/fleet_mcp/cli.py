@@ -446,7 +446,7 @@ def cmd_tools_export(settings: Settings, ns: argparse.Namespace) -> int:
         print(f"{out}: contracts up to date")
         return 0
     n = write_contracts(out, docs)
-    print(f"wrote {n} tool contracts to {out}" + (f" and {docs / 'API.md'}" if docs else ""))
+    print(f"wrote {n} tool contracts to {out}" + (f" and {docs / 'API.md'}, {docs / 'SETTINGS.md'}" if docs else ""))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The published contracts: `tools/<name>.json` per tool and `docs/API.md`, both generated from the registry."""
+"""The published contracts: `tools/<name>.json` per tool and `docs/API.md`, both generated from the registry, and
+`docs/SETTINGS.md`, generated from the Settings model (every setting documented, checked like the tools)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from fleet_mcp.registry import TOOLSETS, ToolSpec, select
 
 API_DOC = "API.md"
+SETTINGS_DOC = "SETTINGS.md"
 
 
 def render() -> dict[str, str]:
@@ -69,6 +71,74 @@ def render_markdown() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _settings_default(name: str, field: Any) -> str:
+    from pydantic import SecretStr
+
+    from fleet_mcp.settings import PACKAGE_DIR
+
+    if name == "data_dir":
+        return "the platform's user data dir (`~/.local/share/fleet-mcp` on Linux)"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is None:
+        return "—"
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if isinstance(value, Path):
+        try:
+            return f"`fleet_mcp/{value.relative_to(PACKAGE_DIR)}` (shipped)"
+        except ValueError:
+            return f"`{value}`"
+    return f"`{json.dumps(value)}`" if not isinstance(value, str) else (f"`{value}`" if value else "`\"\"`")
+
+
+def _type_name(tp: Any) -> str:
+    """A stable, readable name for a settings annotation (the same on every Python and pydantic version)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " or ".join(f"`{a}`" for a in args)
+    if tp is type(None):
+        return "none"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _settings_bounds(field: Any) -> str:
+    parts = []
+    for m in field.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                parts.append(f"{sym} {v:,}" if isinstance(v, int) else f"{sym} {v}")
+    return ", ".join(parts)
+
+
+def render_settings_markdown() -> str:
+    from pydantic import AliasChoices
+
+    from fleet_mcp.settings import Settings
+
+    lines = ["# fleet-mcp settings", "",
+             "Generated from `fleet_mcp.settings.Settings` by `fleet-mcp tools export`; do not edit by hand. Every "
+             "setting is an environment variable (prefix `FLEET_MCP_`); secrets are never shown, logged or echoed "
+             "in errors.", "",
+             "| variable | type | default | bounds | what it does |", "|---|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        names = [f"FLEET_MCP_{name.upper()}"]
+        if isinstance(field.validation_alias, AliasChoices):
+            names = [str(c) for c in field.validation_alias.choices]
+        ann = _type_name(field.annotation)
+        desc = (field.description or "").replace("|", "/").replace("\n", " ")
+        lines.append(f"| {' or '.join(f'`{n}`' for n in names)} | {ann} | "
+                     f"{_settings_default(name, field)} | {_settings_bounds(field)} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_contracts(out: Path, docs: Path | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     files = render()
@@ -80,6 +150,7 @@ def write_contracts(out: Path, docs: Path | None = None) -> int:
     if docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
         (docs / API_DOC).write_text(render_markdown())
+        (docs / SETTINGS_DOC).write_text(render_settings_markdown())
     return len(files)
 
 
@@ -99,4 +170,7 @@ def check_contracts(out: Path, docs: Path | None = None) -> list[str]:
         api = docs / API_DOC
         if not api.exists() or api.read_text() != render_markdown():
             problems.append(f"stale: {api}")
+        settings_doc = docs / SETTINGS_DOC
+        if not settings_doc.exists() or settings_doc.read_text() != render_settings_markdown():
+            problems.append(f"stale: {settings_doc}")
     return problems

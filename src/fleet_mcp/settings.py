@@ -40,8 +40,8 @@ class Settings(BaseSettings):
                                         "(created 0600 on first start).")
 
     # HTTP transport.
-    host: str = "127.0.0.1"
-    port: int = 8765
+    host: str = Field(default="127.0.0.1", description="Address `serve --transport http` listens on.")
+    port: int = Field(default=8765, ge=1, le=65535, description="Port `serve --transport http` listens on.")
     allowed_hosts: str = Field(default="", description="Extra Host header values accepted over HTTP (comma list).")
     allowed_origins: str = Field(default="", description="Origin header values accepted over HTTP (comma list).")
     request_state_key_file: Path | None = Field(
@@ -70,7 +70,8 @@ class Settings(BaseSettings):
                     "0: ask every time). A token revoked at the authorization server is accepted at most this long.",
     )
     oauth_client_id: str | None = Field(default=None, description="fleet-mcp's client id at the introspection endpoint.")
-    oauth_client_secret: SecretStr | None = None
+    oauth_client_secret: SecretStr | None = Field(
+        default=None, description="fleet-mcp's client secret at the introspection endpoint (client_secret_basic).")
     oauth_read_scope: str = Field(default="fleet:read", description="Scope every OAuth request needs ('' = none).")
     oauth_write_scope: str = Field(default="fleet:write",
                                    description="Scope a call of a non-read-only tool needs ('' = none).")
@@ -85,27 +86,37 @@ class Settings(BaseSettings):
         "empty: values that name a role are taken as that role.")
 
     # Transit (pepper) backend.
-    transit: Literal["local", "vault"] = "local"
+    transit: Literal["local", "vault"] = Field(
+        default="local", description="Pepper backend: `local` (a keyring in the database under the master key) or "
+        "`vault` (Vault/OpenBao transit; plaintext keys never leave it).")
     master_key_file: Path | None = Field(default=None, description="Local transit master key; default data_dir/master.key")
-    master_key: SecretStr | None = None
-    vault_addr: str | None = Field(default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_ADDR", "VAULT_ADDR"))
+    master_key: SecretStr | None = Field(
+        default=None, description="Local transit master key itself (base64, 32 bytes) instead of the key file.")
+    vault_addr: str | None = Field(default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_ADDR", "VAULT_ADDR"),
+                                   description="Vault/OpenBao address (also read from VAULT_ADDR).")
     vault_token: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_TOKEN", "VAULT_TOKEN")
+        default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_TOKEN", "VAULT_TOKEN"),
+        description="Runtime token (also VAULT_TOKEN): encrypt, decrypt, rewrap, read the key (fleet-mcp-runtime.hcl).",
     )
-    vault_role_id: str | None = None
-    vault_secret_id: SecretStr | None = None
+    vault_role_id: str | None = Field(default=None, description="Runtime AppRole role id (instead of a token).")
+    vault_secret_id: SecretStr | None = Field(default=None, description="Runtime AppRole secret id.")
     vault_cacert: Path | None = Field(
-        default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_CACERT", "VAULT_CACERT")
+        default=None, validation_alias=AliasChoices("FLEET_MCP_VAULT_CACERT", "VAULT_CACERT"),
+        description="CA bundle that verifies Vault's TLS certificate (also VAULT_CACERT).",
     )
-    vault_skip_verify: bool = False
+    vault_skip_verify: bool = Field(default=False, description="Do not verify Vault's TLS certificate (never in "
+                                    "production: anyone on the path could read every secret sent to Vault).")
     # Least privilege: used only to create, rotate, reconfigure (min versions) and trim the key; the token
     # above then needs only encrypt/decrypt/rewrap (policies: fleet_mcp/vault/policies/*.hcl).
-    vault_admin_token: SecretStr | None = None
-    vault_admin_role_id: str | None = None
-    vault_admin_secret_id: SecretStr | None = None
-    vault_namespace: str | None = None
-    transit_mount: str = "transit"
-    pepper_key: str = "fleet-pepper"
+    vault_admin_token: SecretStr | None = Field(
+        default=None, description="Rotation token (fleet-mcp-rotation.hcl): create, rotate, set minimum versions, "
+        "trim the key; needed only for rotation and finalize.")
+    vault_admin_role_id: str | None = Field(default=None, description="Rotation AppRole role id (instead of a token).")
+    vault_admin_secret_id: SecretStr | None = Field(default=None, description="Rotation AppRole secret id.")
+    vault_namespace: str | None = Field(default=None, description="Vault Enterprise / OpenBao namespace, if any.")
+    transit_mount: str = Field(default="transit", description="Mount path of the transit secrets engine.")
+    pepper_key: str = Field(default="fleet-pepper", description="Name of the transit key that encrypts every "
+                            "stored secret (the pepper).")
     pepper_backup_min_version: int | None = Field(
         default=None, ge=1,
         description="Oldest pepper key version a backup you may still restore needs; trim refuses to delete it or later.",
@@ -113,15 +124,19 @@ class Settings(BaseSettings):
     rotation_batch_size: int = Field(default=1000, ge=1, le=10_000, description="Rows per committed rotation batch; Vault requests are chunked to ≤ 250 and halved when too complex.")
 
     # GitOps.
-    git_timeout: float = Field(default=60.0, gt=0)
-    max_proposals_per_sync: int = Field(default=25, ge=1)
-    drift_interval: float = Field(default=60.0, gt=0)
+    git_timeout: float = Field(default=60.0, gt=0, description="Seconds one git fetch may take.")
+    max_proposals_per_sync: int = Field(default=25, ge=1, description="Proposals one sync run opens at most; the "
+                                        "rest make the run `partial`.")
+    drift_interval: float = Field(default=60.0, gt=0, description="Seconds between drift checks of each enabled "
+                                  "repository.")
     auto_sync_interval: float | None = Field(default=None, description="Seconds between auto-syncs; off when unset.")
 
     # Federation.
-    federation_token_ttl: int = Field(default=86_400, ge=60, le=7 * 86_400)
-    node_cert_hours: int = Field(default=24, ge=1, le=24 * 30)
-    cross_cert_days: int = Field(default=7, ge=1, le=90)
+    federation_token_ttl: int = Field(default=86_400, ge=60, le=7 * 86_400,
+                                      description="Seconds a peering token stays valid (at most 7 days).")
+    node_cert_hours: int = Field(default=24, ge=1, le=24 * 30, description="Lifetime of issued node certificates.")
+    cross_cert_days: int = Field(default=7, ge=1, le=90, description="Lifetime of cross certificates (renewed "
+                                 "past half their life while the peer is accepted or active).")
     federation_advertise_url: str | None = Field(
         default=None, description="URL peers dial for this instance's federation endpoint (default https://HOST:PORT)."
     )
@@ -162,7 +177,7 @@ class Settings(BaseSettings):
     job_takeover_interval: float = Field(
         default=15.0, gt=0, le=3600,
         description="Seconds between the scheduler ticks that look for abandoned jobs to take over.")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ERROR); logs go to stderr.")
 
     @field_validator("data_dir", "policy", "master_key_file", "audit_key_file", "vault_cacert",
                      "request_state_key_file", mode="after")

@@ -126,3 +126,22 @@ def test_inspector_cli_lists_the_contracted_tools(tmp_path: Path) -> None:
     for name, tool in listed.items():
         assert tool["inputSchema"] == contracts[name]["inputSchema"], name
         assert tool.get("annotations", {}).get("readOnlyHint") == contracts[name]["annotations"]["readOnlyHint"]
+
+
+def test_every_setting_is_documented_and_the_reference_is_generated(tmp_path: Path) -> None:
+    """Each setting has a description, so docs/SETTINGS.md (generated, checked like the tool contracts) says
+    what every environment variable does; no secret default is printed; a hand edit is caught as stale."""
+    from fleet_mcp.contracts import render_settings_markdown
+    from fleet_mcp.settings import Settings
+
+    undocumented = [name for name, f in Settings.model_fields.items() if not (f.description or "").strip()]
+    assert undocumented == [], f"settings without a description: {undocumented}"
+    text = render_settings_markdown()
+    for name in Settings.model_fields:
+        assert f"`FLEET_MCP_{name.upper()}`" in text
+    assert str(ROOT) not in text  # the same on every machine
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "API.md").write_text((ROOT / "docs" / "API.md").read_text())
+    (docs / "SETTINGS.md").write_text(text.replace("Seconds", "Minutes", 1))
+    assert any("SETTINGS.md" in p for p in check_contracts(ROOT / "tools", docs))
