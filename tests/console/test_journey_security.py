@@ -156,6 +156,16 @@ def test_one_time_login_link(browser, tmp_path) -> None:  # noqa: ANN001
         expect(other.locator("[role=alert]")).to_contain_text("unknown, used or expired")
         other.context.close()
         context.close()
-    finally:
+        # The console's token lives as long as the console: stopping it revokes the token (audited), so a
+        # token does not pile up per start.
         proc.terminate()
-        proc.wait(10)
+        assert proc.wait(60) == 0
+        from tests.conftest import run_cli
+
+        rows = [ln for ln in run_cli(env, "token", "list").stdout.splitlines() if "console-" in ln]
+        assert len(rows) == 1 and "revoked" in rows[0], rows
+        assert any("token_revoke" in ln and "console-" in ln for ln in run_cli(env, "audit", "export").stdout.splitlines())
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
