@@ -145,3 +145,25 @@ def test_every_setting_is_documented_and_the_reference_is_generated(tmp_path: Pa
     (docs / "API.md").write_text((ROOT / "docs" / "API.md").read_text())
     (docs / "SETTINGS.md").write_text(text.replace("Seconds", "Minutes", 1))
     assert any("SETTINGS.md" in p for p in check_contracts(ROOT / "tools", docs))
+
+
+def test_server_json_names_only_real_settings_and_marks_their_secrets() -> None:
+    """server.json (the MCP registry entry) lists environment variables by hand: each must be a setting (or one
+    of its aliases), and a secret setting must be marked isSecret there."""
+    from pydantic import AliasChoices, SecretStr
+
+    from fleet_mcp.settings import Settings
+
+    env_names: dict[str, bool] = {}
+    for name, field in Settings.model_fields.items():
+        secret = field.annotation is not None and SecretStr in getattr(field.annotation, "__args__", (field.annotation,))
+        names = [f"FLEET_MCP_{name.upper()}"]
+        if isinstance(field.validation_alias, AliasChoices):
+            names = [str(c) for c in field.validation_alias.choices]
+        env_names.update(dict.fromkeys(names, secret))
+    entries = [v for p in json.loads((ROOT / "server.json").read_text())["packages"]
+               for v in p.get("environmentVariables", [])]
+    assert entries
+    for var in entries:
+        assert var["name"] in env_names, f"server.json names {var['name']}, which is no setting"
+        assert bool(var.get("isSecret")) == env_names[var["name"]], f"{var['name']}: isSecret must match"
