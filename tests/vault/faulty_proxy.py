@@ -10,44 +10,17 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.vault.loopback_proxy import LoopbackProxy
 
-class AnswerLosingProxy:
+
+class AnswerLosingProxy(LoopbackProxy):
     def __init__(self, upstream_port: int, path_suffix: bytes, drop: int = 1) -> None:
-        self.upstream_port = upstream_port
-        self.path_suffix = path_suffix
         self.drop = drop
         self.dropped = 0
         self.forwarded_matching = 0
-        self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = self._sock.getsockname()[1]
-        self.addr = f"http://127.0.0.1:{self.port}"
-        self._closed = False
-        self._threads: list[threading.Thread] = []
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self._threads.append(t)
+        super().__init__(upstream_port, path_suffix, backlog=16)
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(client,), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _matches(self, data: bytes) -> bool:
-        line = data.split(b"\r\n", 1)[0]
-        parts = line.split(b" ")
-        return len(parts) >= 2 and parts[0] in (b"POST", b"PUT") and parts[1].endswith(self.path_suffix)
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+    def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
         losing = threading.Event()  # the request in flight is one whose answer gets lost
         answered = threading.Event()
 
@@ -65,35 +38,20 @@ class AnswerLosingProxy:
             finally:
                 answered.set()
 
-        back = threading.Thread(target=pump_back, daemon=True)
-        back.start()
-        try:
-            while True:
-                data = client.recv(65536)
-                if not data:
-                    break
-                if self._matches(data):
-                    with self._lock:
-                        self.forwarded_matching += 1
-                        lose = self.dropped < self.drop
-                        if lose:
-                            self.dropped += 1
+        threading.Thread(target=pump_back, daemon=True).start()
+        while True:
+            data = client.recv(65536)
+            if not data:
+                break
+            if self._matches(data):
+                with self._lock:
+                    self.forwarded_matching += 1
+                    lose = self.dropped < self.drop
                     if lose:
-                        losing.set()
-                        upstream.sendall(data)
-                        answered.wait(30)  # OpenBao answered: the request took effect; the answer is lost
-                        break
-                upstream.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (client, upstream):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
+                        self.dropped += 1
+                if lose:
+                    losing.set()
+                    upstream.sendall(data)
+                    answered.wait(30)  # OpenBao answered: the request took effect; the answer is lost
+                    break
+            upstream.sendall(data)
