@@ -27,6 +27,7 @@ from benchmarks.report import (
     plot_groups,
     render_markdown,
     result_path,
+    retired_only,
 )
 
 
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "figures": [f.to_json() for f in figures],
         "series": series,
     }
-    results = merge(latest(ns.quick), current) if only else current
+    # --only keeps the other families' last figures; a full run keeps only retired families' (as a record).
+    previous = latest(ns.quick)
+    results = merge(previous if only else retired_only(previous, FAMILIES), current)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = result_path(today(), ns.quick)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")

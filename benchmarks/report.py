@@ -28,6 +28,17 @@ def latest(quick: bool) -> dict[str, Any] | None:
     return None
 
 
+def retired_only(previous: dict[str, Any] | None, families: Sequence[str]) -> dict[str, Any] | None:
+    """The families of PREVIOUS that the suite no longer has (their figures are kept as a record, see
+    `render_markdown`); a full run carries them forward with `merge`."""
+    if not previous:
+        return None
+    keep = {fam for fam in previous["families"] if fam not in families}
+    return {**previous, "families": {k: v for k, v in previous["families"].items() if k in keep},
+            "figures": [f for f in previous["figures"] if f["family"] in keep],
+            "series": [s for s in previous.get("series", []) if s.get("family") in keep]}
+
+
 def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
     """Keep the families this run did not measure from the previous results of the same mode."""
     if not previous:

@@ -100,6 +100,11 @@ def test_a_retired_family_stays_as_a_record_and_judges_nothing() -> None:
     assert "## GONE (retired)" in md and "why it was retired" in md and "no longer exists" in md
     assert "**MISSED**" in md  # its row still shows what it measured
     assert "No stated target was missed in this run." in md and "Nothing was missed in this run." in md
+    # A full run (no --only) keeps nothing of the previous run but the retired families.
+    from benchmarks.report import retired_only
+
+    full = merge(retired_only(merge(old, _results("b", 0.6)), ["a", "b"]), current)
+    assert set(full["families"]) == {"gone", "a"} and {f["family"] for f in full["figures"]} == {"gone", "a"}
 
 
 def test_a_row_with_error_results_is_judged_missed(tmp_path: Path) -> None:
