@@ -9,7 +9,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -136,21 +136,24 @@ async def get(session: AsyncSession, approval_id: str, account_id: int, *, lock:
     return req
 
 
-async def list_requests(session: AsyncSession, account_id: int, status: str | None = None,
-                        limit: int = 100) -> list[ApprovalRequest]:
-    """Newest first; `status` is the status `to_dict` shows (a pending request past its expiry is expired
-    even before the scheduler's sweep records it — listing never writes)."""
-    stmt = (select(ApprovalRequest).where(ApprovalRequest.account_id == account_id)
-            .order_by(ApprovalRequest.created_at.desc()).limit(limit))
+async def list_requests(session: AsyncSession, account_id: int, status: str | None = None, *,
+                        limit: int = 100, offset: int = 0) -> tuple[list[ApprovalRequest], int]:
+    """One page of requests, newest first, and how many match in all; `status` is the status `to_dict` shows
+    (a pending request past its expiry is expired even before the scheduler's sweep records it — listing never
+    writes)."""
+    where = [ApprovalRequest.account_id == account_id]
     now = utcnow()
     overdue = (ApprovalRequest.status == "pending") & (ApprovalRequest.expires_at <= now)
     if status == "pending":
-        stmt = stmt.where(ApprovalRequest.status == "pending", ApprovalRequest.expires_at > now)
+        where += [ApprovalRequest.status == "pending", ApprovalRequest.expires_at > now]
     elif status == "expired":
-        stmt = stmt.where((ApprovalRequest.status == "expired") | overdue)
+        where.append((ApprovalRequest.status == "expired") | overdue)
     elif status:
-        stmt = stmt.where(ApprovalRequest.status == status)
-    return list((await session.execute(stmt)).scalars().all())
+        where.append(ApprovalRequest.status == status)
+    total = int(await session.scalar(select(func.count()).select_from(ApprovalRequest).where(*where)) or 0)
+    stmt = (select(ApprovalRequest).where(*where)
+            .order_by(ApprovalRequest.created_at.desc(), ApprovalRequest.id.desc()).limit(limit).offset(offset))
+    return list((await session.execute(stmt)).scalars().all()), total
 
 
 def shown_status(req: ApprovalRequest, now: dt.datetime | None = None) -> str:

@@ -355,12 +355,16 @@ def cmd_policy_explain(settings: Settings, ns: argparse.Namespace) -> int:
 def cmd_approvals(settings: Settings, ns: argparse.Namespace) -> int:
     async def go(app: Any) -> int:
         if ns.action == "list":
-            outcome = await _call_tool(app, "system_approvals_list", {"status": ns.status} if ns.status else {})
-            if outcome.ok:
+            offset: int | None = 0
+            while offset is not None:  # every page
+                args: dict[str, Any] = {"offset": offset, "limit": 500, **({"status": ns.status} if ns.status else {})}
+                outcome = await _call_tool(app, "system_approvals_list", args)
+                if not outcome.ok:
+                    return _print_outcome(outcome)
                 for a in outcome.data["approvals"]:
                     print(f"{a['id']}\t{a['status']}\t{a['tool']}\t{a['requested_by']}\texpires {a['expires_at']}")
-                return 0
-            return _print_outcome(outcome)
+                offset = outcome.data["next_offset"]
+            return 0
         if ns.action == "show":
             return _print_outcome(await _call_tool(app, "system_approvals_get", {"approval_id": ns.id}))
         if ns.action == "cancel":

@@ -191,3 +191,33 @@ async def test_queued_arguments_are_not_stored_in_plaintext(app, people) -> None
         req = (await s.execute(select(ApprovalRequest).where(ApprovalRequest.id == aid))).scalar_one()
     assert req.arguments_masked == {"name": "aws"}
     assert "aws" not in req.arguments_sealed
+
+
+async def test_listing_pages_through_every_request_and_says_how_many(app, people) -> None:  # noqa: ANN001
+    """The list is paged (limit/offset, newest first) and says how many match: nothing is cut off silently
+    (it used to stop at 100 with count=100), and the console's inbox pages over all of them."""
+    queued = [(await call_as(app, people["olga"], "system_delete_provider_config", {"name": f"p{i:03d}"}))
+              .data["approval_id"] for i in range(130)]
+    out = await call_as(app, people["ben"], "system_approvals_list", {"status": "pending"})
+    assert out.ok and (out.data["count"], out.data["total"], out.data["next_offset"]) == (100, 130, 100)
+    seen: list[str] = []
+    offset = 0
+    while offset is not None:
+        page = await call_as(app, people["ben"], "system_approvals_list",
+                             {"status": "pending", "limit": 50, "offset": offset})
+        assert page.ok and page.data["total"] == 130 and page.data["count"] == len(page.data["approvals"])
+        seen += [a["id"] for a in page.data["approvals"]]
+        offset = page.data["next_offset"]
+    assert seen == list(reversed(queued))  # newest first, each exactly once
+    bad = await call_as(app, people["ben"], "system_approvals_list", {"limit": 0})
+    assert not bad.ok and bad.data["status"] == "invalid_arguments"
+
+    from fleet_mcp.console import views
+    from fleet_mcp.console.app import Calls, Console
+
+    console = Console(app, app.gate)
+    last = await views.inbox(Calls(console, people["ben"]), 3)
+    assert last["pager"] == {"page": 3, "pages": 3, "total": 130}
+    assert [a["id"] for a in last["approvals"]] == list(reversed(queued))[100:]
+    beyond = await views.inbox(Calls(console, people["ben"]), 9)
+    assert beyond["pager"]["page"] == 3 and len(beyond["approvals"]) == 30

@@ -109,10 +109,18 @@ def result_view(spec: ToolSpec, outcome: CallOutcome) -> dict[str, Any]:
 
 # -- pages ---------------------------------------------------------------------------------------------
 async def inbox(calls: Calls, page: int) -> dict[str, Any]:
-    from fleet_mcp.console.app import paginate
+    from fleet_mcp.console.app import PAGE_SIZE
 
     me = calls.caller
-    pending = (await calls.get("system_approvals_list", status="pending"))["approvals"]
+    page = max(1, page)
+    listed = await calls.get("system_approvals_list", status="pending", limit=PAGE_SIZE,
+                             offset=(page - 1) * PAGE_SIZE)
+    pages = max(1, -(-listed["total"] // PAGE_SIZE))
+    if page > pages:  # past the end (the queue shrank): show the last page
+        page = pages
+        listed = await calls.get("system_approvals_list", status="pending", limit=PAGE_SIZE,
+                                 offset=(page - 1) * PAGE_SIZE)
+    pending = listed["approvals"]
     can_decide = calls.may("system_approvals_decide")
     rows = []
     for a in pending:
@@ -122,7 +130,7 @@ async def inbox(calls: Calls, page: int) -> dict[str, Any]:
         rows.append({**a, "approvals_in": approvals_in, "mine": mine,
                      "may_decide": can_decide and not mine and not decided and bool(set(me.roles) & set(a["approvers"])),
                      "may_withdraw": mine and calls.may("system_approvals_cancel")})
-    shown, pager = paginate(rows, page)
+    shown, pager = rows, {"page": page, "pages": pages, "total": listed["total"]}
     proposals: list[dict[str, Any]] = []
     if calls.may("system_gitops_list_proposals"):
         proposals = (await calls.get("system_gitops_list_proposals", status="pending"))["proposals"]

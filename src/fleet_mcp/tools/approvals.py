@@ -37,19 +37,28 @@ class ListArgs(BaseModel):
     status: Literal["pending", "executing", "executed", "failed", "refused", "rejected", "expired",
                     "cancelled"] | None = Field(
         default=None, description="Only requests in this status.")
+    limit: int = Field(default=100, ge=1, le=500, description="Requests per page (newest first).")
+    offset: int = Field(default=0, ge=0, le=1_000_000, description="Requests to skip (next_offset of the previous "
+                        "page).")
 
 
 class ListOut(BaseModel):
     approvals: list[ApprovalOut]
-    count: int
+    count: int = Field(description="Requests in this page.")
+    total: int = Field(description="Requests matching the filter in all.")
+    next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
 
 
 @tool(name="system_approvals_list", title="List approval requests", permission="system.approvals.read",
       toolset="approvals", read_only=True, idempotent=True)
 async def approvals_list(ctx: ToolContext, args: ListArgs) -> ListOut:
-    """Approval requests of this account, newest first (arguments with secrets masked)."""
-    rows = await approvals.list_requests(ctx.session, ctx.principal.account_id, args.status)
-    return ListOut(approvals=[ApprovalOut(**approvals.to_dict(r)) for r in rows], count=len(rows))
+    """Approval requests of this account, newest first, a page at a time (arguments with secrets masked);
+    `total` says how many match, `next_offset` where the next page starts."""
+    rows, total = await approvals.list_requests(ctx.session, ctx.principal.account_id, args.status,
+                                                limit=args.limit, offset=args.offset)
+    end = args.offset + len(rows)
+    return ListOut(approvals=[ApprovalOut(**approvals.to_dict(r)) for r in rows], count=len(rows), total=total,
+                   next_offset=end if end < total else None)
 
 
 class GetArgs(BaseModel):
