@@ -95,4 +95,15 @@ FINDINGS: dict[str, str] = {
         "(tests/core/test_sqlite_driver.py::test_cancelled_bulk_statement_leaves_the_connection_usable fails "
         "without it). The tool-call family's figures since then are on aiosqlite."
     ),
+    "console": (
+        "Cause (cProfile of `views.inbox` in-process, and the family's own *tool calls* and *template alone* "
+        "rows): a page is a few gated tool calls — the inbox makes two (pending approvals, pending proposals), "
+        "the proposal page one — and each pays the gate's fixed cost: session and token check, permission and "
+        "policy, its queries over aiosqlite's worker thread (a large share of the profile is the event loop "
+        "waiting on that thread) and its own audit row, committed before the call returns. The floor reads "
+        "the rows and renders, nothing else; the console's template is a smaller part (its own row, against "
+        "the bare template). The audit row per call is by design (the console is one more client of the "
+        "gate). Next: one call for the inbox's two lists, and an index on approval_requests (account, status, "
+        "created_at) for the page query."
+    ),
 }
