@@ -176,19 +176,19 @@ async def test_ssh_fetch_refuses_a_host_key_other_than_the_pinned_one(
     _pin(app, sshd.known_hosts_line(impostor))
     run = await _register_and_sync(client, sshd.url(bare), deploy_key[0])
     assert run["status"] == "failed" and run["stage"] == "fetch", run
-    # (The error is git's generic "could not read from remote repository": ssh's "Host key verification
-    # failed" is not passed on — reported to the GitOps owner.)
+    assert "host key is not pinned, or does not match" in run["error"], run
     assert deploy_key[0] not in str(run)
     # ssh gave up before authenticating: the server never saw the key.
     assert not any("Accepted publickey" in ln for ln in sshd.log), sshd.log[-10:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gitops/fetch.py runs ssh with StrictHostKeyChecking=accept-new: a host that was never pinned is trusted on "
-    "first use. Reported to the lead; remove this mark when an unpinned host is refused."))
 async def test_ssh_fetch_refuses_a_host_that_was_never_pinned(
     app, client, sshd: SSHServer, served_repo: tuple[FleetRepo, Path], deploy_key: tuple[str, str]  # noqa: ANN001
 ) -> None:
     _, bare = served_repo
     run = await _register_and_sync(client, sshd.url(bare), deploy_key[0])
     assert run["status"] == "failed" and run["stage"] == "fetch", run
+    assert "host key is not pinned, or does not match" in run["error"], run
+    assert not (app.settings.git_cache_dir / "known_hosts").exists() or \
+        (app.settings.git_cache_dir / "known_hosts").read_text().strip() == ""  # nothing was pinned by contact
+    assert not any("Accepted publickey" in ln for ln in sshd.log), sshd.log[-10:]

@@ -259,7 +259,8 @@ def _base_env(cache_dir: Path, allow_local: bool) -> dict[str, str]:
 
 
 def _ssh_command(cache_dir: Path, key_file: Path | None) -> str:
-    # accept-new: the first contact pins the host key in our own known_hosts (trust on first use).
+    # StrictHostKeyChecking=yes: only hosts pinned in our own known_hosts are trusted (never on first use: a
+    # first contact through a man in the middle would pin the attacker and hand it the deploy key's use).
     args = [
         "ssh",
         "-F",
@@ -267,7 +268,7 @@ def _ssh_command(cache_dir: Path, key_file: Path | None) -> str:
         "-o",
         "BatchMode=yes",
         "-o",
-        "StrictHostKeyChecking=accept-new",
+        "StrictHostKeyChecking=yes",
         "-o",
         f"UserKnownHostsFile={cache_dir / 'known_hosts'}",
         "-o",
@@ -389,6 +390,14 @@ def _classify(stderr: str, *, what: str, branch: str | None) -> Exception:
             f"{what}: the server answered with a redirect, and redirects are not followed "
             "(a stored credential must never reach another host)",
             hint="register the URL the server redirects to (with a credential stored for that host)",
+        )
+    if "host key verification failed" in low or "no ecdsa host key is known" in low \
+            or re.search(r"no \S+ host key is known", low):
+        return ExternalError(
+            f"{what}: the SSH server's host key is not pinned, or does not match the pinned key",
+            hint="pin the host: add its known_hosts line to <data dir>/git-cache/known_hosts, taken from a "
+                 "trusted channel (e.g. `ssh-keyscan -p PORT HOST`, checked against the fingerprint the server's "
+                 "owner publishes); if the key changed on purpose, replace the old line",
         )
     if "couldn't find remote ref" in low:
         return NotFound(
