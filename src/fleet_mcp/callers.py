@@ -4,6 +4,8 @@ of their own request from here; stdio has the one configured local principal."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,32 @@ if TYPE_CHECKING:
 # are short-lived and many.
 _CALLERS: dict[str, Caller] = {}
 _MAX_CALLERS = 10_000
+#: When this process last recorded each token's use (monotonic seconds), to write it at most once per
+#: `principals.LAST_USED_RESOLUTION`.
+_MARKED: dict[str, float] = {}
+log = logging.getLogger(__name__)
+
+
+def note_use(app: App, digest: str) -> None:
+    """Record, in the background and at most once per resolution, that a static token was used (its
+    `last_used_at`, shown by `fleet-mcp token list`). Never delays or fails the request."""
+    now = time.monotonic()
+    last = _MARKED.get(digest)
+    if last is not None and now - last < principals.LAST_USED_RESOLUTION:
+        return
+    _MARKED[digest] = now
+    while len(_MARKED) > _MAX_CALLERS:
+        _MARKED.pop(next(iter(_MARKED)))
+
+    async def mark() -> None:
+        try:
+            async with app.unit_of_work() as uow:
+                await principals.mark_used(uow.session, digest)
+        except Exception:  # best effort: a busy or unreachable database loses one timestamp, nothing else
+            _MARKED.pop(digest, None)
+            log.warning("could not record a token's last use", exc_info=True)
+
+    app.spawn(mark(), name="token-last-used")
 
 
 def remember(digest: str, caller: Caller) -> None:

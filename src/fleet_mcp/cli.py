@@ -274,7 +274,8 @@ def cmd_token_list(settings: Settings, ns: argparse.Namespace) -> int:
             tokens = await principals.list_tokens(session)
         for t in tokens:
             state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
-            print(f"{t.label}\t{t.prefix}…\t{t.account}/{t.principal}\t{','.join(t.roles)}\t{state}")
+            used = f"last used {t.last_used_at.isoformat(timespec='minutes')}" if t.last_used_at else "never used"
+            print(f"{t.label}\t{t.prefix}…\t{t.account}/{t.principal}\t{','.join(t.roles)}\t{state}\t{used}")
         return 0
 
     return _run(lambda: _with_app(settings, go))
@@ -560,9 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="audit log").add_subparsers(dest="au_cmd", required=True)
     au.add_parser("verify", help="verify the hash chain").set_defaults(fn=cmd_audit_verify)
-    ae = au.add_parser("export", help="export as JSON lines")
-    ae.add_argument("--jsonl", action="store_true", default=True)
-    ae.set_defaults(fn=cmd_audit_export)
+    au.add_parser("export", help="export as JSON lines").set_defaults(fn=cmd_audit_export)
 
     rp = sub.add_parser("rotate-pepper", help="rotate the transit pepper and rewrap every secret (through the gate)")
     rp.add_argument("--progress", action="store_true", help="show a progress bar")

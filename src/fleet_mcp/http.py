@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fleet_mcp import __version__, principals
 from fleet_mcp.app import App
 from fleet_mcp.callers import bearer as _bearer
-from fleet_mcp.callers import forget
+from fleet_mcp.callers import forget, note_use
 from fleet_mcp.callers import remember as _remember
 from fleet_mcp.drain import (
     DRAIN_RETRY_AFTER,
@@ -91,6 +91,7 @@ class BearerAuth:
                     await respond_database_unreachable(send)
                     return
                 _remember(principals.token_digest(token), caller)
+                note_use(self.fleet, principals.token_digest(token))
                 owner = (caller.account_id, caller.name)
                 session_id = headers.get("mcp-session-id")
                 if session_id is not None and _SESSIONS.get(session_id) != owner:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleet_mcp.db.base import utcnow
@@ -244,6 +244,23 @@ async def authenticate_digest(session: AsyncSession, digest: str) -> Caller:
                   token_label=label)
 
 
+#: A token's last_used_at is written at most this often (seconds): a request never waits for it, and a busy
+#: token costs one small write per interval, not one per request.
+LAST_USED_RESOLUTION = 600.0
+
+
+async def mark_used(session: AsyncSession, digest: str, now: dt.datetime | None = None) -> None:
+    """Record that the token was used, unless a use within the resolution is already recorded (another
+    replica may have written it)."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=LAST_USED_RESOLUTION)
+    await session.execute(
+        update(ApiToken)
+        .where(ApiToken.token_digest == digest, (ApiToken.last_used_at.is_(None)) | (ApiToken.last_used_at < cutoff))
+        .values(last_used_at=now)
+    )
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     label: str
@@ -253,6 +270,7 @@ class TokenInfo:
     roles: list[str]
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None = None
 
 
 async def list_tokens(session: AsyncSession) -> list[TokenInfo]:
@@ -265,7 +283,7 @@ async def list_tokens(session: AsyncSession) -> list[TokenInfo]:
         )
     ).all()
     return [TokenInfo(t.label, t.token_prefix, a.name, p.name, [r for r in t.roles if r in p.roles], t.created_at,
-                      t.revoked_at) for t, p, a in rows]
+                      t.revoked_at, t.last_used_at) for t, p, a in rows]
 
 
 async def revoke_token(session: AsyncSession, label: str, *, actor: Actor) -> None:

@@ -102,6 +102,25 @@ async def test_token_roles_are_exact_demotion_works_and_local_identity_never_gra
     assert _principals(env)["acme/alice"] == "admin,operator"
 
 
+async def test_token_list_says_when_each_token_was_last_used(admin_env) -> None:  # noqa: ANN001
+    """`last_used_at` is real: the first request with a token records it (in the background, never delaying
+    the request); a token never presented says so."""
+    import anyio
+
+    env, server = admin_env
+    used = _token(env, "bob-used", "bob", "admin")
+    _token(env, "bob-idle", "bob", "viewer")
+    assert await _can_write(server.url, used, "b1")
+
+    def line(label: str) -> str:
+        return next(ln for ln in run_cli(env, "token", "list").stdout.splitlines() if ln.startswith(label + "\t"))
+
+    with anyio.fail_after(60):
+        while "last used" not in line("bob-used"):
+            await anyio.sleep(0.2)  # polling another process's committed state, bounded by the deadline
+    assert line("bob-idle").endswith("never used")
+
+
 async def test_every_change_of_who_may_do_what_is_in_the_audit_chain(admin_env) -> None:  # noqa: ANN001
     env, _server = admin_env
     token = _token(env, "bob-1", "bob", "operator")

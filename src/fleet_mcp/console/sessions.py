@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 
 from fleet_mcp import principals
 from fleet_mcp.app import App
+from fleet_mcp.callers import note_use
 from fleet_mcp.console.models import ConsoleSession
 from fleet_mcp.db.base import utcnow
 from fleet_mcp.errors import Unauthenticated
@@ -93,6 +94,7 @@ class SessionStore:
         assert self.app.read_sessionmaker is not None
         async with self.app.read_sessionmaker() as session:
             caller = await principals.authenticate_digest(session, token_digest)
+        note_use(self.app, token_digest)
         return replace(caller, via="console")
 
     async def resolve(self, secret: str | None) -> SignedIn | None:
