@@ -212,7 +212,7 @@ def test_rogue_leaf_with_peer_names_refused_by_name_constraint(cas, crosses, tmp
         not to_b.ok and "globex (server) rejected rogue" in to_b.error and "subtree violation" in to_b.error
     )
     assert not from_b.ok and "globex (client) rejected rogue" in from_b.error
-    # Control: without the name constraint globex would have accepted it (the trap REFERENCE.md records).
+    # Control: without the name constraint globex would have accepted it (the cross-signing trap the name constraint exists for).
     unconstrained = _unconstrained_cross(b, a)
     nb_weak = node(b, "globex", B_DOM, "globex", [b.root_cert, unconstrained])
     assert check_direction(rogue, nb_weak).ok

@@ -19,7 +19,7 @@ from tests.gitops.gitops_helpers import BASE_FLEET, FleetRepo
 
 pytestmark = pytest.mark.anyio
 
-# TOOLS.md, GitOps table: name → (permission, read_only, destructive, idempotent)
+# The tool contract (tools/*.json, docs/API.md), GitOps tools: name → (permission, read_only, destructive, idempotent)
 CONTRACT = {
     "system_gitops_register_repository": ("system.gitops.write", False, False, False),
     "system_gitops_list_repositories": ("system.gitops.read", True, False, None),

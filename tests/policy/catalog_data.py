@@ -1,6 +1,6 @@
 """The policy tests' catalog: every tool's facts (annotations, permission, toolset, arguments) come from the
 registry itself, so they cannot drift from it; by hand is only what `policies/default.yaml` is expected to
-decide for each tool (TOOLS.md's "default" column), and that table must name exactly the registry's tools."""
+decide for each tool (the shipped default policy's decision per tool), and that table must name exactly the registry's tools."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class Row:
     name: str
     toolset: str
     permission: str
-    flags: str  # "RO", "D", "I" as in TOOLS.md's "ann." column (read-only tools are also idempotent)
+    flags: str  # "RO", "D", "I" as in docs/API.md's annotations (read-only tools are also idempotent)
     args: tuple[str, ...]
     default: str  # default.yaml's decision for the tool with default arguments
     sod: bool = False  # default.yaml demands separation of duties

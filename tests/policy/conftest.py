@@ -1,4 +1,4 @@
-"""Fixtures for the policy tests: the TOOLS.md catalog and the shipped policy directory."""
+"""Fixtures for the policy tests: the tool catalog and the shipped policy directory."""
 
 from __future__ import annotations
 

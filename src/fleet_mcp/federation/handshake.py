@@ -23,7 +23,7 @@ class NodeIdentity:
 
     label: str
     dns_name: str
-    chain_pem: str  # [leaf, own intermediate] — never the cross certificate (see REFERENCE.md)
+    chain_pem: str  # [leaf, own intermediate] — never the cross certificate (docs/federation-protocol.md: a peer verifies through its own bundle)
     key_pem: bytes
     trust_pem: str
     crl_pems: tuple[str, ...] = field(default_factory=tuple)
