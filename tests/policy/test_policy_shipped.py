@@ -1,4 +1,4 @@
-"""The shipped policy files load and decide every TOOLS.md tool as documented."""
+"""The shipped policy files load and decide every registered tool as documented."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_shipped_file_loads_with_default_deny(shipped: Shipped, name: str) -> No
 def test_default_policy_matches_tools_md(shipped: Shipped, row: Row) -> None:
     d = shipped["default.yaml"].decide(row.name, default_arguments(row))
     assert d.decision == row.default, d.reason
-    assert d.rule != "default", "every TOOLS.md tool is named by a rule, none falls to the default"
+    assert d.rule != "default", "every registered tool is named by a rule, none falls to the default"
     if d.decision == "require_approval":
         assert d.approval is not None
         assert d.approval.separation_of_duties is row.sod

@@ -16,7 +16,7 @@ from tests.conftest import call_as, make_caller
 pytestmark = pytest.mark.anyio
 
 SECRET = "ghp_SuperSecretToken_123"
-EXPECTED = {  # TOOLS.md: permission, read_only, destructive, idempotent
+EXPECTED = {  # the tool contract: permission, read_only, destructive, idempotent
     "system_vault_store_credential": ("system.credentials.write", False, False, True),
     "system_vault_list_credentials": ("system.credentials.read", True, False, True),
     "system_vault_delete_credential": ("system.credentials.write", False, True, False),
