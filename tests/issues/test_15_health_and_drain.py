@@ -135,18 +135,25 @@ def new_session(url: str, token: str) -> tuple[int, dict[str, str], dict[str, An
         return e.code, dict(e.headers), json.loads(e.read())
 
 
-async def test_sigterm_drains_the_call_in_flight_and_exits_0(
-    bao: OpenBaoServer, postgres_server: PostgresServer, tmp_path: Path
-) -> None:
+def drain_setup(bao: OpenBaoServer, pg: PostgresServer, tmp_path: Path, *, drain_timeout: str
+                ) -> tuple[HoldingProxy, dict[str, str], str]:
+    """A fresh PostgreSQL database and pepper key behind a holding proxy, migrated, with an admin token."""
     key = f"pepper-{uuid.uuid4().hex[:10]}"
     proxy = HoldingProxy(bao.port, f"/transit/encrypt/{key}".encode())
     db = "d_" + uuid.uuid4().hex[:12]
-    postgres_server.psql(f"CREATE DATABASE {db}")
-    env = vault_env(tmp_path / "data", postgres_server.url(db), proxy, key, FLEET_MCP_DRAIN_TIMEOUT="120")
+    pg.psql(f"CREATE DATABASE {db}")
+    env = vault_env(tmp_path / "data", pg.url(db), proxy, key, FLEET_MCP_DRAIN_TIMEOUT=drain_timeout)
     run_cli(env, "db", "upgrade")
     run_cli(env, "account", "create", "acme")
     token = run_cli(env, "token", "create", "--account", "acme", "--name", "alice", "--role", "admin"
                     ).stdout.strip().splitlines()[-1]
+    return proxy, env, token
+
+
+async def test_sigterm_drains_the_call_in_flight_and_exits_0(
+    bao: OpenBaoServer, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    proxy, env, token = drain_setup(bao, postgres_server, tmp_path, drain_timeout="120")
     server = HttpServer(env)
     try:
         async with client(server.url, token) as c:
@@ -193,15 +200,7 @@ async def test_sigterm_drains_the_call_in_flight_and_exits_0(
 def test_the_drain_is_bounded(bao: OpenBaoServer, postgres_server: PostgresServer, tmp_path: Path) -> None:
     """A call that never ends does not keep the process: after FLEET_MCP_DRAIN_TIMEOUT it exits anyway, and
     the call's unit of work rolls back (no credential, no 'ok' row), the audit chain whole."""
-    key = f"pepper-{uuid.uuid4().hex[:10]}"
-    proxy = HoldingProxy(bao.port, f"/transit/encrypt/{key}".encode())
-    db = "d_" + uuid.uuid4().hex[:12]
-    postgres_server.psql(f"CREATE DATABASE {db}")
-    env = vault_env(tmp_path / "data", postgres_server.url(db), proxy, key, FLEET_MCP_DRAIN_TIMEOUT="1")
-    run_cli(env, "db", "upgrade")
-    run_cli(env, "account", "create", "acme")
-    token = run_cli(env, "token", "create", "--account", "acme", "--name", "alice", "--role", "admin"
-                    ).stdout.strip().splitlines()[-1]
+    proxy, env, token = drain_setup(bao, postgres_server, tmp_path, drain_timeout="1")
     server = HttpServer(env)
     caller = None
     try:
